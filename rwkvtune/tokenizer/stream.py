@@ -1,0 +1,44 @@
+"""Incremental detokenisation for streaming generation."""
+
+from __future__ import annotations
+
+import codecs
+import numbers
+from collections.abc import Iterable
+from typing import Protocol
+
+
+class _DecodesBytes(Protocol):
+    def decode_bytes(self, ids: Iterable[int]) -> bytes: ...
+
+
+class StreamDecoder:
+    """Turn token ids into text as they arrive, never emitting half of a UTF-8 character.
+
+    A token boundary can split a multi-byte character (the emoji U+1F600 is ids
+    [3319, 153, 129]), so decoding each token on its own would print replacement characters.
+    Bytes are fed through an incremental UTF-8 decoder that holds back an incomplete tail
+    until the rest arrives; the concatenated output of ``feed`` calls plus ``flush`` equals
+    ``tokenizer.decode(all_ids)``.
+    """
+
+    def __init__(self, tokenizer: _DecodesBytes) -> None:
+        self._tokenizer = tokenizer
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, ids: int | Iterable[int]) -> str:
+        """Add one id or several; return the text that is now complete (possibly "")."""
+        # numbers.Integral also covers numpy integer scalars.
+        if isinstance(ids, numbers.Integral):
+            ids = (ids,)
+        return self._decoder.decode(self._tokenizer.decode_bytes(ids))
+
+    def flush(self) -> str:
+        """End the stream: return what is left (an incomplete tail becomes U+FFFD) and reset."""
+        text = self._decoder.decode(b"", final=True)
+        self._decoder.reset()
+        return text
+
+    def reset(self) -> None:
+        """Drop any buffered bytes and start a new stream."""
+        self._decoder.reset()

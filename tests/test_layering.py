@@ -1,0 +1,52 @@
+"""Imports flow one way (DESIGN.md): a layer imports only from the layers above it."""
+
+import ast
+from pathlib import Path
+
+import rwkvtune
+
+PACKAGE = Path(rwkvtune.__file__).parent
+
+# Lower number = higher layer; a module may import rwkvtune subpackages of a lower-or-equal number
+# only (equal: within the same layer). The package root (rwkvtune/__init__.py) is the public facade.
+LAYERS = {
+    "version": 0, "config": 1, "tokenizer": 1, "ops": 2, "model": 3, "hub": 4, "peft": 4,
+    "data": 5, "generation": 5, "grpo": 6, "engine": 7, "training": 8, "cli": 9,
+}
+
+
+def rwkvtune_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return {n.split(".")[1] for n in names if n.startswith("rwkvtune.") and len(n.split(".")) > 1}
+
+
+def test_every_subpackage_has_a_layer():
+    found = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    found |= {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    assert found <= set(LAYERS), found - set(LAYERS)
+
+
+def test_imports_flow_one_way():
+    violations = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE)
+        if len(rel.parts) == 1:
+            continue  # the facade and version module
+        own = LAYERS[rel.parts[0]]
+        for imported in rwkvtune_imports(path):
+            if LAYERS[imported] > own or (LAYERS[imported] == own and imported != rel.parts[0]
+                                          and own not in (1,)):
+                violations.append(f"{rel} imports rwkvtune.{imported}")
+    assert not violations, violations
+
+
+def test_tokenizer_and_config_do_not_need_torch():
+    for sub in ("config", "tokenizer"):
+        for path in (PACKAGE / sub).rglob("*.py"):
+            source = path.read_text()
+            assert "import torch" not in source, path
