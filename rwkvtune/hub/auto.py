@@ -125,7 +125,19 @@ def load_model(
     wkv_backend: str = "auto",
     grad_cp: bool = False,
 ) -> PretrainedRWKV7:
-    """Load a hub directory or a bare weights file strictly (see ``AutoModel.from_pretrained``)."""
+    """Load a model from a hub directory (or a ``.pth``/``.safetensors`` file), strictly.
+
+    Args:
+        path: hub directory, or a weights file in the official format.
+        dtype: ``"fp32"``, ``"bf16"``, ``"fp16"`` (or a torch dtype); default: the file's dtype.
+        device: where the weights go (default CPU); tensors are moved one at a time.
+        wkv_backend: WKV7 backend (``"auto"``, ``"chunked"``, ``"reference"``, ``"fla"``).
+        grad_cp: gradient checkpointing per block.
+
+    Raises:
+        FileNotFoundError: no such path, or no weights in the directory.
+        ValueError: the file is corrupt, or its keys/shapes are not an RWKV-7 model's (all listed).
+    """
     weights_file = find_weights_file(path)
     hub_dir = weights_file.parent if Path(path).is_file() else Path(path)
     state, config = load_rwkv7_weights(weights_file)
@@ -177,7 +189,10 @@ def tokenizer_config(chat_template: str) -> dict[str, Any]:
 
 
 def load_tokenizer(path: str | os.PathLike) -> WorldTokenizer:
-    """Load the tokenizer of a hub directory (see ``AutoTokenizer.from_pretrained``)."""
+    """Load ``vocab.txt`` and the chat template of ``tokenizer_config.json`` from a hub directory.
+
+    Raises ``FileNotFoundError`` naming the missing file.
+    """
     hub_dir = Path(path)
     if hub_dir.is_file():
         hub_dir = hub_dir.parent
@@ -196,29 +211,7 @@ def load_tokenizer(path: str | os.PathLike) -> WorldTokenizer:
 class AutoModel:
     """Entry point mirroring ``transformers.AutoModel`` for RWKV-7 hub directories."""
 
-    @staticmethod
-    def from_pretrained(
-        path: str | os.PathLike,
-        *,
-        dtype: str | torch.dtype | None = None,
-        device: str | torch.device | None = None,
-        wkv_backend: str = "auto",
-        grad_cp: bool = False,
-    ) -> PretrainedRWKV7:
-        """Load a model from a hub directory (or a ``.pth``/``.safetensors`` file).
-
-        Args:
-            path: hub directory, or a weights file in the official format.
-            dtype: ``"fp32"``, ``"bf16"``, ``"fp16"`` (or a torch dtype); default: the file's dtype.
-            device: where the weights go (default CPU); tensors are moved one at a time.
-            wkv_backend: WKV7 backend (``"auto"``, ``"chunked"``, ``"reference"``, ``"fla"``).
-            grad_cp: gradient checkpointing per block.
-
-        Raises:
-            FileNotFoundError: no such path, or no weights in the directory.
-            ValueError: the file is corrupt, or its keys/shapes are not an RWKV-7 model's (all listed).
-        """
-        return load_model(path, dtype=dtype, device=device, wkv_backend=wkv_backend, grad_cp=grad_cp)
+    from_pretrained = staticmethod(load_model)
 
     @staticmethod
     def from_config(config: RWKV7Config, *, ctx_len: int = DEFAULT_CTX_LEN, **kwargs: Any) -> PretrainedRWKV7:
@@ -229,10 +222,4 @@ class AutoModel:
 class AutoTokenizer:
     """Entry point mirroring ``transformers.AutoTokenizer``: the RWKV World tokenizer of a hub directory."""
 
-    @staticmethod
-    def from_pretrained(path: str | os.PathLike) -> WorldTokenizer:
-        """Load ``vocab.txt`` and the chat template of ``tokenizer_config.json`` from a hub directory.
-
-        Raises ``FileNotFoundError`` naming the missing file.
-        """
-        return load_tokenizer(path)
+    from_pretrained = staticmethod(load_tokenizer)

@@ -25,9 +25,11 @@ def fla_unavailable_reason(r: torch.Tensor) -> str | None:
 
 
 def wkv7_fla(r, w, k, v, a, b, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as ``wkv7_reference``; inputs keep their dtype, the state stays float32."""
+    """Same contract as ``wkv7_reference``; inputs run in ``r``'s dtype (the kernels accumulate in
+    float32, as RWKV-LM's bf16 kernels do), the state stays float32."""
     from fla.ops.rwkv7 import chunk_rwkv7
 
+    w, k, v, a, b = (x.to(r.dtype) for x in (w, k, v, a, b))
     y, final = chunk_rwkv7(r, w, k, v, a, b, scale=1.0,
                            initial_state=state.transpose(-1, -2).contiguous(), output_final_state=True)
     return y, final.transpose(-1, -2).float()

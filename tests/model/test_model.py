@@ -128,3 +128,14 @@ def test_new_model_blocks_start_as_identity_and_loss_is_near_ln_v():
 def test_single_layer_init_does_not_divide_by_zero():
     model = new_model(RWKV7Config(n_layer=1, n_embd=64, vocab_size=100))
     assert all(torch.isfinite(p).all() for p in model.state_dict().values())
+
+
+@torch.no_grad()
+def test_other_head_sizes_work_in_torch_paths():
+    config = tiny_config(head_size=32)  # 4 heads of 32
+    model = make_model(config).double()
+    ids = tokens(2, 21)
+    whole = model(ids, return_state=True)
+    assert whole.state.wkv.shape == (2, 2, 4, 32, 32)
+    model.set_wkv_backend("reference")
+    assert torch.allclose(model(ids).logits, whole.logits, atol=1e-10, rtol=0)
