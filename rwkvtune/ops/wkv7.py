@@ -37,7 +37,8 @@ def _always(_: torch.Tensor) -> str | None:
 
 BACKENDS: dict[str, Backend] = {
     "reference": Backend("reference", wkv7_reference, _always),
-    "chunked": Backend("chunked", wkv7_chunked, _always),
+    # chunked upcasts block by block itself: no float32 copies of whole bf16 inputs.
+    "chunked": Backend("chunked", wkv7_chunked, _always, upcast_inputs=False),
     "fla": Backend("fla", wkv7_fla, fla_unavailable_reason, upcast_inputs=False),
 }
 
