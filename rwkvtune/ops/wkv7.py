@@ -98,7 +98,8 @@ def _resolve(backend: str, r: torch.Tensor) -> str:
     return "chunked"
 
 
-def _check_shapes(r, w, k, v, a, b, state) -> None:
+def _check_shapes(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor,
+                  b: torch.Tensor, state: torch.Tensor | None) -> None:
     shape = r.shape
     if r.dim() != 4:
         raise ValueError(f"wkv7 inputs must be [B, T, H, N]; got r of shape {tuple(shape)}")
