@@ -17,17 +17,9 @@ from typing import Sequence
 
 from rwkvtune.config import PRESETS, get_preset
 from rwkvtune.config.model import PRESET_CTX_LEN
-from rwkvtune.hub.auto import DEFAULT_GENERATION_CONFIG, tokenizer_config
-from rwkvtune.hub.config_json import DEFAULT_CTX_LEN, config_to_json
-from rwkvtune.hub.files import (
-    CONFIG_FILE,
-    GENERATION_CONFIG_FILE,
-    TOKENIZER_CONFIG_FILE,
-    VOCAB_FILE,
-    WEIGHTS_FILES,
-    staged_directory,
-    write_json,
-)
+from rwkvtune.hub.config_json import DEFAULT_CTX_LEN, write_model_metadata
+from rwkvtune.hub.files import WEIGHTS_FILES, staged_directory
+from rwkvtune.hub.tokenizer_files import check_chat_template, write_tokenizer_files
 from rwkvtune.hub.weights import SAVE_FORMATS, load_rwkv7_weights, save_weights, weights_format
 from rwkvtune.tokenizer import DEFAULT_CHAT_TEMPLATE
 from rwkvtune.tokenizer.vocab import DEFAULT_VOCAB_PATH
@@ -74,6 +66,10 @@ def create_hub(
     if link_weights and weights_format(model_file) != save_format:
         raise ValueError(f"--link-weights needs --save-format {weights_format(model_file)} to match {model_file.name}; "
                          "drop --link-weights to convert the file")
+    if link_weights and output_dir.resolve() in model_file.resolve().parents:
+        # --overwrite removes the old directory, and with it the file the link would point to.
+        raise ValueError(f"--link-weights cannot point into {output_dir}, the directory being replaced; "
+                         "drop --link-weights to copy the file")
     if output_dir.exists() and not overwrite:
         raise FileExistsError(f"output directory {output_dir} already exists; pass --overwrite to replace it")
     template = DEFAULT_CHAT_TEMPLATE
@@ -81,6 +77,7 @@ def create_hub(
         if not Path(chat_template).is_file():
             raise FileNotFoundError(f"chat template file not found: {chat_template}")
         template = Path(chat_template).read_text(encoding="utf-8")
+        check_chat_template(template, str(chat_template))
 
     state, config = load_rwkv7_weights(model_file)
     if expected is not None and config != expected:
@@ -101,10 +98,8 @@ def create_hub(
         extra = {"model_name": model_file.stem}
         if expected is not None:
             extra["config_name"] = config_name
-        write_json(staging / CONFIG_FILE, config_to_json(config, ctx_len=ctx_len, **extra))
-        shutil.copyfile(DEFAULT_VOCAB_PATH, staging / VOCAB_FILE)
-        write_json(staging / TOKENIZER_CONFIG_FILE, tokenizer_config(template))
-        write_json(staging / GENERATION_CONFIG_FILE, DEFAULT_GENERATION_CONFIG)
+        write_model_metadata(staging, config, ctx_len=ctx_len, **extra)
+        write_tokenizer_files(staging, DEFAULT_VOCAB_PATH, template)
     return output_dir
 
 
@@ -115,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = create_hub(args.output_dir, args.model_file, args.config_name, ctx_len=args.ctx_len,
                          chat_template=args.chat_template, link_weights=args.link_weights,
                          save_format=args.save_format, overwrite=args.overwrite)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
+    except (OSError, ValueError) as err:  # bad input or a file-system problem: a message, not a traceback
         print(f"rwkvtune-create-hub: error: {err}", file=sys.stderr)
         return 2
     print(f"created {out}")

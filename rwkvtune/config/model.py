@@ -152,6 +152,11 @@ def config_from_shapes(shapes: Mapping[str, Sequence[int]]) -> RWKV7Config:
     if missing:
         hint = _prefix_hint(shapes)
         raise ValueError("not an RWKV-7 state dict: missing " + ", ".join(missing) + (f". {hint}" if hint else ""))
+    # Every key the dimensions are read from is a matrix in the official format (r_k is [H, N]).
+    not_2d = [f"{key} {tuple(shapes[key])}" for key in (*_SHAPE_SOURCES, "blocks.1.att.v1")
+              if key in shapes and len(shapes[key]) != 2]
+    if not_2d:
+        raise ValueError("not an RWKV-7 state dict in the official layout: these must be 2-D: " + ", ".join(not_2d))
     vocab_size, n_embd = shapes["emb.weight"]
     n_head, head_size = shapes["blocks.0.att.r_k"]
     n_layer = max(layers) + 1

@@ -1,6 +1,7 @@
 """Hub directories: ``AutoModel`` / ``AutoTokenizer`` loading, saving, weight files."""
 
-from rwkvtune.hub.auto import AutoModel, AutoTokenizer, PretrainedRWKV7, load_model, load_tokenizer, save_tokenizer
+from rwkvtune.hub.auto import AutoModel, AutoTokenizer, PretrainedRWKV7, load_model
+from rwkvtune.hub.tokenizer_files import load_tokenizer, save_tokenizer
 from rwkvtune.hub.weights import load_weights, save_weights
 
 __all__ = ["AutoModel", "AutoTokenizer", "PretrainedRWKV7", "load_model", "load_tokenizer", "load_weights",

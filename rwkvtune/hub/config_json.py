@@ -1,4 +1,4 @@
-"""``config.json`` of a hub directory: our fields and those of rwkvtune 0.1.0 directories.
+"""The JSON metadata of a hub directory: ``config.json`` (ours and rwkvtune 0.1.0's) and ``generation_config.json``.
 
 The file is descriptive: the architecture is always read from the weights. We write the 0.1.0 field
 names where they mean the same thing (``head_size_a``, ``dim_att_lora`` for the decay/ICLR width,
@@ -9,15 +9,30 @@ so it is only compared when the file was written by us.
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
-from rwkvtune.version import __version__
 from rwkvtune.config import RWKV7Config
+from rwkvtune.hub.files import CONFIG_FILE, GENERATION_CONFIG_FILE, write_json
+from rwkvtune.version import __version__
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CTX_LEN = 4096
+
+#: Sampling defaults written to ``generation_config.json``: stop at the end of a chat turn.
+DEFAULT_GENERATION_CONFIG: dict[str, Any] = {
+    "max_new_tokens": 256,
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "top_k": 0,
+    "repetition_penalty": 1.0,
+    "stop": ["\n\n"],
+    "stop_token_ids": [0],
+}
 
 
 def config_to_json(config: RWKV7Config, *, ctx_len: int = DEFAULT_CTX_LEN, **extra: Any) -> dict[str, Any]:
@@ -71,3 +86,11 @@ def report_disagreements(config: RWKV7Config, data: dict[str, Any], source: str)
     if problems:
         logger.warning("%s disagrees with the weights; using the architecture of the weights:\n  %s",
                        source, "\n  ".join(problems))
+
+
+def write_model_metadata(save_directory: str | os.PathLike, config: RWKV7Config, *, ctx_len: int,
+                         generation_config: dict[str, Any] | None = None, **extra: Any) -> None:
+    """Write ``config.json`` and ``generation_config.json`` (defaults unless given), each atomically."""
+    out = Path(save_directory)
+    write_json(out / CONFIG_FILE, config_to_json(config, ctx_len=ctx_len, **extra))
+    write_json(out / GENERATION_CONFIG_FILE, copy.deepcopy(generation_config or DEFAULT_GENERATION_CONFIG))

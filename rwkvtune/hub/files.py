@@ -31,6 +31,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; use the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -70,13 +71,30 @@ def staged_directory(output_dir: str | os.PathLike, *, overwrite: bool) -> Itera
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
     try:
         yield staging
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes an owner-only directory
         if output_dir.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".old", dir=output_dir.parent))
-            os.replace(output_dir, retired / output_dir.name)
-            os.replace(staging, output_dir)
-            shutil.rmtree(retired)
+            _replace_directory(staging, output_dir)
         else:
             os.replace(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _replace_directory(new: Path, old: Path) -> None:
+    """Swap ``new`` in for ``old`` (two renames); ``old`` is restored if the second rename fails."""
+    retired = Path(tempfile.mkdtemp(prefix=f".{old.name}.", suffix=".old", dir=old.parent))
+    os.replace(old, retired / old.name)
+    try:
+        os.replace(new, old)
+    except BaseException:
+        os.replace(retired / old.name, old)
+        retired.rmdir()
+        raise
+    shutil.rmtree(retired)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

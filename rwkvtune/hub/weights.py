@@ -90,8 +90,8 @@ def save_weights(state: dict[str, torch.Tensor], path: str | os.PathLike, save_f
     save_format = save_format or weights_format(path)
     if save_format not in SAVE_FORMATS:
         raise ValueError(f"unknown save format {save_format!r}; choose one of: {', '.join(SAVE_FORMATS)}")
-    # Contiguous copies detached from any shared storage: both formats store exactly these bytes.
-    tensors = {key: value.detach().contiguous() for key, value in state.items()}
+    # Plain contiguous CPU tensors: what the rwkv runtime and RWKV-LM expect to find in a file.
+    tensors = {key: value.detach().to("cpu").contiguous() for key, value in state.items()}
     if save_format == "safetensors":
         from safetensors.torch import save_file
 

@@ -45,14 +45,18 @@ def _lowrank_gain(dim: int, c: int) -> float:
     return 0.1 * ((dim / c) ** 0.5 if dim > c else 1.0)
 
 
-def value_lora_init(config: RWKV7Config, layer_id: int) -> dict[str, torch.Tensor]:
+def value_lora_init(config: RWKV7Config, layer_id: int, *, seed: int | None = None) -> dict[str, torch.Tensor]:
     """Initial ``v0 [1, 1, C]``, ``v1 [C, Dv]``, ``v2 [Dv, C]`` of one layer, float32.
 
-    Also fills layer 0's unused copies when a checkpoint lacks them, so that what we save loads strictly.
+    Also fills layer 0's unused copies when a checkpoint lacks them, so that what we save loads strictly;
+    with ``seed`` the result is the same on every call and the global RNG is left alone.
     """
     ramps = _channel_ramps(config, layer_id)
     v2 = torch.empty(config.dim_value_lora, config.n_embd)
-    _orthogonal_(v2, _lowrank_gain(config.dim_value_lora, config.n_embd))
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        _orthogonal_(v2, _lowrank_gain(config.dim_value_lora, config.n_embd))
     return {
         "v0": (0.73 - 0.4 * ramps["linear"]).float().view(1, 1, -1),
         "v1": torch.zeros(config.n_embd, config.dim_value_lora),

@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from rwkvtune.config import RWKV7Config
 from rwkvtune.model.state import RWKVState
-from rwkvtune.ops import wkv7
+from rwkvtune.ops import check_backend_name, wkv7
 
 #: ``log(decay) = -exp(-0.5) * sigmoid(w)`` keeps every decay in (0.545, 1) (spec 2.3 step 5).
 _LOG_DECAY_SCALE = -0.6065306597126334
@@ -40,7 +40,7 @@ class TimeMix(nn.Module):
         c, h, n = config.n_embd, config.n_head, config.head_size
         self.layer_id = layer_id
         self.n_head, self.head_size = h, n
-        self.wkv_backend = wkv_backend
+        self.wkv_backend = check_backend_name(wkv_backend)
 
         def vector() -> nn.Parameter:
             return nn.Parameter(torch.empty(1, 1, c))
@@ -195,6 +195,7 @@ class RWKV7(nn.Module):
 
     def set_wkv_backend(self, backend: str) -> None:
         """Use ``backend`` for the WKV7 recurrence in every layer."""
+        check_backend_name(backend)
         for block in self.blocks:
             block.att.wkv_backend = backend
 

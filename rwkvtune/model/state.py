@@ -16,7 +16,7 @@ import torch
 from rwkvtune.config import RWKV7Config
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors have no single truth value to compare by
 class RWKVState:
     """Recurrent state of a batch of sequences.
 

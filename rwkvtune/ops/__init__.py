@@ -1,5 +1,5 @@
 """WKV7 operators: one contract (``wkv7``), several backends, the reference scan as the spec."""
 
-from rwkvtune.ops.wkv7 import BACKENDS, wkv7
+from rwkvtune.ops.wkv7 import BACKENDS, check_backend_name, wkv7
 
-__all__ = ["BACKENDS", "wkv7"]
+__all__ = ["BACKENDS", "check_backend_name", "wkv7"]

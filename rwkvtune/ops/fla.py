@@ -6,7 +6,7 @@ the transpose of our ``[value, key]`` layout, so the state is transposed on the 
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 
 import torch
 
@@ -19,8 +19,16 @@ def fla_unavailable_reason(r: torch.Tensor) -> str | None:
         return f"fla kernels need a CUDA tensor, got one on {r.device}; use backend='chunked' on CPU"
     if r.dtype == torch.float64:
         return "fla kernels do not take float64; use backend='chunked' or 'reference'"
-    if importlib.util.find_spec("fla") is None:
-        return f"flash-linear-attention is not installed; {INSTALL_HINT}"
+    return _import_error()
+
+
+@functools.lru_cache(maxsize=1)
+def _import_error() -> str | None:
+    """Why ``fla.ops.rwkv7`` cannot be imported (not installed, or broken, e.g. without triton), or ``None``."""
+    try:
+        import fla.ops.rwkv7  # noqa: F401
+    except ImportError as err:
+        return f"flash-linear-attention cannot be imported ({err}); {INSTALL_HINT}"
     return None
 
 

@@ -86,10 +86,15 @@ def wkv7(
     return y.to(out_dtype), final
 
 
+def check_backend_name(backend: str) -> str:
+    """``backend`` if it names a backend (or ``"auto"``); else a ``ValueError`` listing the choices."""
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"unknown wkv7 backend {backend!r}; choose one of: auto, {', '.join(BACKENDS)}")
+    return backend
+
+
 def _resolve(backend: str, r: torch.Tensor) -> str:
-    if backend != "auto":
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown wkv7 backend {backend!r}; choose one of: auto, {', '.join(BACKENDS)}")
+    if check_backend_name(backend) != "auto":
         return backend
     if r.shape[1] == 1:
         return "reference"

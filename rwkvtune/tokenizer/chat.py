@@ -78,7 +78,9 @@ def _raise_exception(message: str) -> NoReturn:
 
 # Templates come from downloaded files, hence the sandbox: no attribute access to internals
 # and no mutation of the objects passed in.
-_ENV = ImmutableSandboxedEnvironment(autoescape=False)
+# The same settings as transformers' chat templates, so templates written for it render the same here.
+_ENV = ImmutableSandboxedEnvironment(autoescape=False, trim_blocks=True, lstrip_blocks=True,
+                                     extensions=["jinja2.ext.loopcontrols"])
 _ENV.globals["raise_exception"] = _raise_exception
 
 

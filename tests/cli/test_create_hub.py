@@ -72,6 +72,8 @@ def test_wrong_config_name_names_the_dimensions(official_file, tmp_path, capsys)
 def test_errors_write_nothing(official_file, tmp_path, capsys):
     broken = tmp_path / "broken.pth"
     broken.write_bytes(official_file.read_bytes()[:1000])
+    bad_template = tmp_path / "bad.jinja"
+    bad_template.write_text("{% for m in messages %}")  # never closed
     cases = [
         (["--model-file", str(broken), "--config-name", "auto"], "cannot read weights file"),
         (["--model-file", str(tmp_path / "missing.pth"), "--config-name", "auto"], "weights file not found"),
@@ -80,12 +82,14 @@ def test_errors_write_nothing(official_file, tmp_path, capsys):
          "chat template file not found"),
         (["--model-file", str(official_file), "--config-name", "auto", "--link-weights", "--save-format",
           "safetensors"], "--link-weights needs --save-format pth"),
+        (["--model-file", str(official_file), "--config-name", "auto", "--chat-template", str(bad_template)],
+         "does not work"),
     ]
     for args, message in cases:
         assert main(["--output-dir", str(tmp_path / "out"), *args]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "out").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.pth"]  # no temporary leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jinja", "broken.pth"]  # no temporary leftovers
 
 
 def test_existing_output_dir_needs_overwrite(official_file, tmp_path, capsys):
@@ -107,3 +111,21 @@ def test_console_script_help_lists_every_flag():
     for flag in ("--output-dir", "--model-file", "--config-name", "--ctx-len", "--chat-template",
                  "--link-weights", "--save-format", "--overwrite"):
         assert flag in result.stdout
+
+
+def test_relinking_a_directory_onto_itself_is_refused(official_file, tmp_path, capsys):
+    out = tmp_path / "hub"
+    assert main(["--output-dir", str(out), "--model-file", str(official_file), "--config-name", "auto"]) == 0
+    args = ["--output-dir", str(out), "--model-file", str(out / "model.pth"), "--config-name", "auto", "--overwrite"]
+    assert main([*args, "--link-weights"]) == 2
+    assert "cannot point into" in capsys.readouterr().err
+    assert main([*args, "--ctx-len", "2048"]) == 0  # copying is fine: the copy is made before the swap
+    assert torch.equal(load_weights(out / "model.pth")["emb.weight"], load_weights(official_file)["emb.weight"])
+
+
+def test_unwritable_output_is_a_message_not_a_traceback(official_file, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["--output-dir", str(blocker / "hub"), "--model-file", str(official_file),
+                 "--config-name", "auto"]) == 2
+    assert "rwkvtune-create-hub: error:" in capsys.readouterr().err

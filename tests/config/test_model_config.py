@@ -68,3 +68,10 @@ def test_strict_check_lists_missing_unexpected_and_misshaped_keys():
 def test_layer0_value_lora_is_optional():
     config = tiny_config()
     check_state_dict_shapes(config, expected_shapes(config, layer0_value_lora=False))
+
+
+def test_wrong_rank_names_the_key():
+    shapes = dict(expected_shapes(tiny_config()))
+    shapes["blocks.0.att.r_k"] = (128,)
+    with pytest.raises(ValueError, match=r"must be 2-D: blocks\.0\.att\.r_k \(128,\)"):
+        config_from_shapes(shapes)

@@ -30,13 +30,19 @@ def wkv_inputs(batch=2, length=100, heads=4, size=64, seed=0, device="cuda"):
                                                  reason="flash-linear-attention not installed")),
 ])
 def test_backend_on_cuda_matches_reference_with_state_in_and_out(backend):
-    inputs = wkv_inputs()
-    state = torch.randn(2, 4, 64, 64, device="cuda") * 0.1
-    y, s = wkv7(*inputs, state=state, backend=backend)
-    y_ref, s_ref = wkv7(*(x.double() for x in inputs), state=state.double(), backend="reference")
+    """Values, final state, and the gradients of every input and of the initial state (training path)."""
     tol = 1e-3 if backend == "chunked" else 5e-3  # fla runs its matmuls in tf32/bf16
-    assert (y.double() - y_ref).abs().max().item() < tol
-    assert (s.double() - s_ref).abs().max().item() < tol
+    results = []
+    start = 0.1 * torch.randn(2, 4, 64, 64, generator=torch.Generator().manual_seed(5)).cuda()
+    for name, dtype in ((backend, torch.float32), ("reference", torch.float64)):
+        inputs = [x.to(dtype).requires_grad_() for x in wkv_inputs()]
+        state = start.to(dtype).requires_grad_()
+        y, final = wkv7(*inputs, state=state, backend=name)
+        (y.double().sin().sum() + final.double().square().sum()).backward()
+        results.append([y, final, *(x.grad for x in inputs), state.grad])
+    for got, expected in zip(*results):
+        scale = expected.abs().max().item() + 1e-6
+        assert (got.double() - expected).abs().max().item() < tol * max(1.0, scale)
 
 
 @torch.no_grad()
@@ -44,7 +50,7 @@ def test_model_on_cuda_matches_cpu():
     config = tiny_config()
     cpu = RWKV7(config)
     cpu.load_state_dict(random_state_dict(config))
-    gpu = RWKV7(config).cuda()
+    gpu = RWKV7(config, wkv_backend="chunked").cuda()
     gpu.load_state_dict(cpu.state_dict())
     ids = torch.randint(0, config.vocab_size, (2, 50))
     expected = cpu(ids).logits

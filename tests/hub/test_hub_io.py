@@ -63,8 +63,9 @@ def test_load_converts_dtype(official_file):
     model = AutoModel.from_pretrained(official_file, dtype="bf16")
     fp16 = AutoModel.from_pretrained(official_file, dtype=torch.float16)
     assert model.dtype == torch.bfloat16 and fp16.dtype == torch.float16
-    with pytest.raises(ValueError, match="unknown dtype 'int8'"):
-        AutoModel.from_pretrained(official_file, dtype="int8")
+    for bad in ("int8", torch.int64):
+        with pytest.raises(ValueError, match="unsupported dtype"):
+            AutoModel.from_pretrained(official_file, dtype=bad)
 
 
 def test_truncated_file_gives_one_clear_error(official_file, tmp_path):
@@ -123,3 +124,44 @@ def test_rwkvtune_010_directory_loads_and_disagreement_is_reported(tmp_path, off
     assert model.ctx_len == 4096
     assert AutoTokenizer.from_pretrained(hub).apply_chat_template(
         [{"role": "user", "content": "hi"}], add_generation_prompt=True) == "User: hi\n\nAssistant:"
+
+
+def test_rewriting_the_loaded_file_in_place_does_not_touch_the_model(tmp_path, official_file):
+    path = tmp_path / "model.pth"
+    path.write_bytes(official_file.read_bytes())
+    model = AutoModel.from_pretrained(path)  # same dtype: the default still gives the model its own memory
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    path.write_bytes(b"")  # a non-atomic rewrite truncates the file first
+    torch.save(model.state_dict(), path)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_generation_config_is_not_shared_between_models(official_file):
+    first = AutoModel.from_pretrained(official_file)
+    first.generation_config["stop"].append("###")
+    assert AutoModel.from_pretrained(official_file).generation_config["stop"] == ["\n\n"]
+
+
+def test_bare_file_ignores_files_beside_it(tmp_path, official_file):
+    path = tmp_path / "model.pth"
+    path.write_bytes(official_file.read_bytes())
+    (tmp_path / "config.json").write_text("not json")
+    assert AutoModel.from_pretrained(path).hub_config == {}
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        AutoModel.from_pretrained(tmp_path)
+
+
+def test_unknown_wkv_backend_fails_before_loading(official_file):
+    with pytest.raises(ValueError, match="unknown wkv7 backend 'cuda'.*auto, reference, chunked, fla"):
+        AutoModel.from_pretrained(official_file, wkv_backend="cuda")
+
+
+def test_saved_files_get_normal_permissions(tmp_path, official_file):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        AutoModel.from_pretrained(official_file).save_pretrained(tmp_path / "out", tokenizer=WorldTokenizer.default())
+    finally:
+        os.umask(old)
+    assert {oct(p.stat().st_mode & 0o777) for p in (tmp_path / "out").iterdir()} == {"0o644"}
