@@ -1,0 +1,161 @@
+"""Training configs: ``SFTConfig`` and ``PretrainConfig`` (the seed README's fields and defaults, plus the
+ones users of TRL / RWKV-LM expect). Plain dataclasses, no torch; every field's ``help`` states its unit.
+
+``validate()`` runs on construction and reports every problem in one ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+LR_SCHEDULES = ("cosine", "linear", "constant")
+TRAIN_TYPES = ("normal", "infctx")
+REPORT_TO = ("tensorboard", "wandb", "swanlab")
+#: Strategies passed to Lightning Fabric as they are; the DeepSpeed ones need the extra.
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3",
+              "deepspeed_stage_2_offload", "deepspeed_stage_3_offload", "single_device")
+
+
+def _help(text: str, default: Any, **kwargs: Any) -> Any:
+    return field(default=default, metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    """Fields shared by every trainer (the training loop's contract)."""
+
+    # Data and batch
+    ctx_len: int = _help("Longest sequence in tokens; longer rows are truncated (and counted in the log).", 2048)
+    micro_bsz: int = _help("Sequences per device per forward/backward.", 4)
+    accumulate_grad_batches: int = _help("Micro-batches per optimizer step (loss normalised by target tokens "
+                                         "over the whole window).", 1)
+    dataloader_num_workers: int = _help("DataLoader worker processes (0 = load in the training process).", 0)
+
+    # Length of training
+    epoch_count: int = _help("Passes over the training data.", 10)
+    epoch_steps: int | None = _help("Optimizer steps per epoch (None = one full pass over the data).", None)
+    max_steps: int | None = _help("Stop after this many optimizer steps in total (None = epoch_count epochs).", None)
+
+    # Optimizer and schedule (RWKV-LM's AdamW groups: att.w0 at 2x lr, decay only on large matrices)
+    lr_init: float = _help("Peak learning rate, reached after warmup.", 3e-4)
+    lr_final: float = _help("Learning rate at the last step.", 1e-5)
+    warmup_steps: int = _help("Optimizer steps of linear warmup from 0 to lr_init.", 50)
+    lr_schedule: str = _help("Decay after warmup: cosine, linear or constant (lr_init throughout).", "cosine")
+    weight_decay: float = _help("AdamW weight decay on the large projection matrices only.", 0.0)
+    beta1: float = _help("AdamW beta1.", 0.9)
+    beta2: float = _help("AdamW beta2.", 0.99)
+    adam_eps: float = _help("AdamW epsilon (RWKV-LM uses 1e-18).", 1e-18)
+    grad_clip: float = _help("Clip the global gradient norm to this (0 = no clipping).", 1.0)
+
+    # Memory and numerics
+    grad_cp: int = _help("1 = recompute each block in backward (less memory, ~30% more compute); 0 = off.", 1)
+    precision: str = _help("bf16 or fp16 (mixed: fp32 master weights) or fp32.", "bf16")
+    train_type: str = _help("normal, or infctx (chunked, state-carrying; needs chunk_ctx).", "normal")
+    chunk_ctx: int = _help("Tokens per chunk in infctx training.", 512)
+    truncated_bptt: bool = _help("infctx: stop gradients at chunk boundaries (memory O(chunk_ctx)).", True)
+
+    # Hardware
+    accelerator: str = _help("auto, cpu or cuda.", "auto")
+    devices: int = _help("Devices (GPUs, or CPU processes) per node.", 1)
+    num_nodes: int = _help("Machines taking part.", 1)
+    strategy: str = _help("Lightning Fabric strategy: auto, ddp, deepspeed_stage_2, deepspeed_stage_3, ...", "auto")
+
+    # Output, checkpoints, logging
+    output_dir: str = _help("Where checkpoints, logs and the final model go.", "output")
+    epoch_save: int = _help("Save a checkpoint every N epochs (0 = never).", 1)
+    save_every_n_batches: int = _help("Save a checkpoint every N optimizer steps (0 = never).", 0)
+    save_total_limit: int = _help("Keep at most this many checkpoints, oldest pruned first (0 = keep all).", 2)
+    resume_from_checkpoint: str | None = _help("A checkpoint directory, or 'latest' in output_dir.", None)
+    report_to: str | list[str] = _help("tensorboard, wandb, swanlab (comma-separated or a list); "
+                                       "metrics.jsonl is always written.", "")
+    logging_steps: int = _help("Log metrics every N optimizer steps.", 10)
+    eval_steps: int = _help("Evaluate on eval_dataset every N optimizer steps (0 = at epoch ends only).", 0)
+    seed: int = _help("Seed for model init, data order and dropout.", 42)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def report_to_list(self) -> list[str]:
+        """``report_to`` as a list of backend names."""
+        if isinstance(self.report_to, str):
+            return [name.strip() for name in self.report_to.split(",") if name.strip()]
+        return list(self.report_to)
+
+    def validate(self) -> None:
+        """Raise one ``ValueError`` that lists every invalid field and how to fix it."""
+        problems = self._problems()
+        if problems:
+            raise ValueError(f"invalid {type(self).__name__}:\n  - " + "\n  - ".join(problems))
+
+    def _problems(self) -> list[str]:
+        problems = []
+        for name in ("ctx_len", "micro_bsz", "accumulate_grad_batches", "epoch_count", "devices", "num_nodes",
+                     "chunk_ctx", "logging_steps"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                problems.append(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        for name in ("warmup_steps", "save_every_n_batches", "save_total_limit", "epoch_save", "eval_steps",
+                     "dataloader_num_workers", "grad_cp"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                problems.append(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        for name in ("epoch_steps", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                problems.append(f"{name} must be None or an integer >= 1, got {value!r}")
+        if not self.lr_init > 0 or self.lr_final < 0:
+            problems.append(f"lr_init must be > 0 and lr_final >= 0, got {self.lr_init} and {self.lr_final}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.adam_eps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            problems.append("adam_eps, weight_decay and grad_clip must be >= 0")
+        problems += _choice("precision", self.precision, PRECISIONS)
+        problems += _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        problems += _choice("train_type", self.train_type, TRAIN_TYPES)
+        problems += _choice("accelerator", self.accelerator, ("auto", "cpu", "cuda", "gpu"))
+        problems += _choice("strategy", self.strategy, STRATEGIES)
+        if self.strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+            problems.append(f"strategy={self.strategy!r} needs DeepSpeed: pip install 'rwkvtune[deepspeed]'")
+        for name in self.report_to_list:
+            if name not in REPORT_TO:
+                problems.append(f"report_to has unknown backend {name!r}; choose from {', '.join(REPORT_TO)}")
+            elif importlib.util.find_spec(name) is None:
+                problems.append(f"report_to={name!r} needs the package: pip install 'rwkvtune[{name}]'")
+        if self.train_type == "infctx" and self.ctx_len % self.chunk_ctx:
+            problems.append(f"infctx needs ctx_len ({self.ctx_len}) to be a multiple of chunk_ctx ({self.chunk_ctx})")
+        return problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a dict (e.g. a checkpoint's saved config); unknown keys are an error naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+        return cls(**data)
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> list[str]:
+    return [] if value in choices else [f"{name} must be one of {', '.join(choices)}; got {value!r}"]
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning: loss on the labelled tokens only (prompt tokens carry -100)."""
+
+    output_dir: str = _help("Where checkpoints, logs and the final model go.", "output_sft")
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """Continued pretraining: loss on every token of the packed text."""
+
+    weight_decay: float = _help("AdamW weight decay on the large projection matrices only.", 0.01)
+    output_dir: str = _help("Where checkpoints, logs and the final model go.", "output_pretrain")
