@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from rwkvtune.config import RWKV7Config
+from rwkvtune.model.loss import chunked_cross_entropy
 from rwkvtune.model.state import RWKVState
 from rwkvtune.ops import check_backend_name, wkv7
 
@@ -156,10 +157,21 @@ class Block(nn.Module):
 
 @dataclass
 class RWKV7Output:
-    """``logits`` ``[B, T, V]``; ``state`` after the last token when asked for (else ``None``)."""
+    """Model outputs.
 
-    logits: torch.Tensor
+    Attributes:
+        logits: ``[B, T, V]`` (``None`` when ``labels`` were given: the loss never builds them whole).
+        state: the state after the last token when asked for (else ``None``).
+        loss: mean next-token cross-entropy over the target tokens (with ``labels``).
+        loss_sum: summed cross-entropy, float32 scalar (with ``labels``), for normalising over a window.
+        n_targets: number of target tokens, int64 scalar (with ``labels``).
+    """
+
+    logits: torch.Tensor | None
     state: RWKVState | None = None
+    loss: torch.Tensor | None = None
+    loss_sum: torch.Tensor | None = None
+    n_targets: torch.Tensor | None = None
 
 
 class RWKV7(nn.Module):
@@ -230,15 +242,24 @@ class RWKV7(nn.Module):
         return self.ln_out(x), new_state
 
     def forward(
-        self, input_ids: torch.Tensor, state: RWKVState | None = None, return_state: bool = False
+        self,
+        input_ids: torch.Tensor,
+        state: RWKVState | None = None,
+        return_state: bool = False,
+        labels: torch.Tensor | None = None,
     ) -> RWKV7Output:
         """Parallel ("GPT mode") forward over ``input_ids`` ``[B, T]`` from ``state`` (zeros if ``None``).
 
         Returns ``RWKV7Output`` with ``logits`` ``[B, T, V]`` and, if ``return_state``, the state after
-        the last token.
+        the last token. With ``labels`` ``[B, T]`` (aligned with ``input_ids``, -100 = no loss; position
+        ``t`` predicts ``labels[t + 1]``) it returns the loss instead of the logits, computed in chunks.
         """
         hidden, new_state = self.forward_hidden(input_ids, state)
-        return RWKV7Output(self.head(hidden), new_state if return_state else None)
+        kept_state = new_state if return_state else None
+        if labels is None:
+            return RWKV7Output(self.head(hidden), kept_state)
+        loss_sum, n_targets = chunked_cross_entropy(hidden, self.head.weight, labels)
+        return RWKV7Output(None, kept_state, loss_sum / n_targets.clamp(min=1), loss_sum, n_targets)
 
     @torch.no_grad()
     def step(self, token_ids: torch.Tensor, state: RWKVState | None = None) -> tuple[torch.Tensor, RWKVState]:

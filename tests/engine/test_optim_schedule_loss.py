@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from checkpoints import random_state_dict, tiny_config
 from rwkvtune.config.train import SFTConfig
-from rwkvtune.engine import build_optimizer, chunked_cross_entropy, lr_at_step, param_groups
+from rwkvtune.engine import build_optimizer, lr_at_step, param_groups
+from rwkvtune.model.loss import chunked_cross_entropy
 from rwkvtune.model import RWKV7
 
 
@@ -75,3 +76,12 @@ def test_chunked_loss_equals_full_logits_loss_and_gradients(model):
     for a, b in zip(grads[0][1], grads[1][1]):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
     assert n.item() == 3 * 16 - 4 - 5
+
+
+def test_forward_with_labels_returns_the_same_loss(model):
+    ids = torch.randint(0, 1000, (2, 9), generator=torch.Generator().manual_seed(3))
+    out = model(ids, labels=ids)
+    logits = model(ids).logits[:, :-1]
+    expected = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+    assert out.logits is None and out.n_targets.item() == 16
+    assert torch.allclose(out.loss, expected, atol=1e-6)
