@@ -70,6 +70,8 @@ class TrainConfig:
     save_every_n_batches: int = _help("Save a checkpoint every N optimizer steps (0 = never).", 0)
     save_total_limit: int = _help("Keep at most this many checkpoints, oldest pruned first (0 = keep all).", 2)
     resume_from_checkpoint: str | None = _help("A checkpoint directory, or 'latest' in output_dir.", None)
+    overwrite_output_dir: bool = _help("Allow a new run in an output_dir that holds an earlier run's checkpoints "
+                                       "(they are then pruned like this run's); otherwise that is an error.", False)
     report_to: str | list[str] = _help("tensorboard, wandb, swanlab (comma-separated or a list); "
                                        "metrics.jsonl is always written.", "")
     logging_steps: int = _help("Log metrics every N optimizer steps.", 10)

@@ -86,21 +86,30 @@ class PretrainedRWKV7(RWKV7):
 
         With ``tokenizer`` the tokenizer files are written too, making a complete hub directory.
         """
-        if save_format not in WEIGHTS_FILES:
-            raise ValueError(f"unknown save format {save_format!r}; choose one of: {', '.join(WEIGHTS_FILES)}")
-        out = Path(save_directory)
-        out.mkdir(parents=True, exist_ok=True)
-        save_weights(self.state_dict(), out / WEIGHTS_FILES[save_format], save_format)
-        # A stale weights file of the other format would be ambiguous on the next load.
-        for other in WEIGHTS_FILES.values():
-            if other != WEIGHTS_FILES[save_format] and (out / other).exists():
-                (out / other).unlink()
-        extra = {k: v for k, v in self.hub_config.items() if k not in config_to_json(self.config)}
-        write_model_metadata(out, self.config, ctx_len=self.ctx_len, generation_config=self.generation_config,
-                             **extra)
-        if tokenizer is not None:
-            save_tokenizer(tokenizer, out)
-        return out
+        return save_pretrained(self, save_directory, save_format=save_format, tokenizer=tokenizer,
+                               ctx_len=self.ctx_len, hub_config=self.hub_config,
+                               generation_config=self.generation_config)
+
+
+def save_pretrained(model: RWKV7, save_directory: str | os.PathLike, *, save_format: str = "pth",
+                    tokenizer: WorldTokenizer | None = None, ctx_len: int = DEFAULT_CTX_LEN,
+                    hub_config: dict[str, Any] | None = None,
+                    generation_config: dict[str, Any] | None = None) -> Path:
+    """Save any ``RWKV7`` as a hub directory (see ``PretrainedRWKV7.save_pretrained``)."""
+    if save_format not in WEIGHTS_FILES:
+        raise ValueError(f"unknown save format {save_format!r}; choose one of: {', '.join(WEIGHTS_FILES)}")
+    out = Path(save_directory)
+    out.mkdir(parents=True, exist_ok=True)
+    save_weights(model.state_dict(), out / WEIGHTS_FILES[save_format], save_format)
+    # A stale weights file of the other format would be ambiguous on the next load.
+    for other in WEIGHTS_FILES.values():
+        if other != WEIGHTS_FILES[save_format] and (out / other).exists():
+            (out / other).unlink()
+    extra = {k: v for k, v in (hub_config or {}).items() if k not in config_to_json(model.config)}
+    write_model_metadata(out, model.config, ctx_len=ctx_len, generation_config=generation_config, **extra)
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, out)
+    return out
 
 
 def load_model(

@@ -92,7 +92,7 @@ def _safe_chunk(w: torch.Tensor, chunk: int, dtype: torch.dtype) -> int:
     """
     limit = 60.0 if torch.finfo(dtype).max < 1e100 else 600.0
     steepest = -float(w.detach().min()) if w.numel() else 0.0
-    if steepest * chunk <= limit:
+    if not steepest * chunk > limit:  # also NaN: let it propagate to the loss, where training reports it
         return chunk
     return max(1, int(limit // steepest))
 
@@ -122,23 +122,25 @@ class _WKV7Chunked(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dfinal):  # type: ignore[override]
-        layout: _Layout = ctx.layout
-        r, w, k, v, a, b, *block_starts = ctx.saved_tensors
-        groups, size = layout.groups, layout.size
-        dz = dfinal.transpose(-1, -2).reshape(groups, size, size)
-        grads = [torch.empty_like(x) for x in (r, w, k, v, a, b)]
-        scratch = _Scratch(like=dfinal)
-        for (lo, hi), z in reversed(list(zip(layout.blocks(), block_starts))):
-            x = _Inputs.gather(layout, lo, hi, scratch, r, w, k, v, a, b)
-            terms = _ChunkTerms.compute(x)
-            # Re-run the block's scan for its chunk states and U: cheaper than keeping them all.
-            states, u, _ = _forward_block(terms, x, z, scratch, with_outputs=False)
-            dy_block = layout.gather(dy, lo, hi, scratch.get("dy", (hi - lo, groups, layout.chunk, size)))
-            dz, block_grads = _backward_block(terms, x, u, states, dy_block, dz, scratch)
-            for out, g in zip(grads, block_grads):
-                layout.scatter(out, lo, g)
-        dstate = dz.reshape(layout.batch, layout.heads, size, size).transpose(-1, -2).contiguous()
-        return (*grads, dstate, None)
+        # Like the forward (see ops.wkv7), the math must not be downcast by an enclosing autocast.
+        with torch.autocast(device_type=dy.device.type, enabled=False):
+            layout: _Layout = ctx.layout
+            r, w, k, v, a, b, *block_starts = ctx.saved_tensors
+            groups, size = layout.groups, layout.size
+            dz = dfinal.transpose(-1, -2).reshape(groups, size, size)
+            grads = [torch.empty_like(x) for x in (r, w, k, v, a, b)]
+            scratch = _Scratch(like=dfinal)
+            for (lo, hi), z in reversed(list(zip(layout.blocks(), block_starts))):
+                x = _Inputs.gather(layout, lo, hi, scratch, r, w, k, v, a, b)
+                terms = _ChunkTerms.compute(x)
+                # Re-run the block's scan for its chunk states and U: cheaper than keeping them all.
+                states, u, _ = _forward_block(terms, x, z, scratch, with_outputs=False)
+                dy_block = layout.gather(dy, lo, hi, scratch.get("dy", (hi - lo, groups, layout.chunk, size)))
+                dz, block_grads = _backward_block(terms, x, u, states, dy_block, dz, scratch)
+                for out, g in zip(grads, block_grads):
+                    layout.scatter(out, lo, g)
+            dstate = dz.reshape(layout.batch, layout.heads, size, size).transpose(-1, -2).contiguous()
+            return (*grads, dstate, None)
 
 
 class _Scratch:

@@ -82,7 +82,10 @@ def wkv7(
         state = state.to(compute)
     if chosen.upcast_inputs:
         r, w, k, v, a, b = (x.to(compute) for x in (r, w, k, v, a, b))
-    y, final = chosen.fn(r, w, k, v, a, b, state)
+    # The recurrence must run in the precision chosen above, not in autocast's bf16/fp16 (mixed precision
+    # training wraps the whole forward in autocast).
+    with torch.autocast(device_type=r.device.type, enabled=False):
+        y, final = chosen.fn(r, w, k, v, a, b, state)
     return y.to(out_dtype), final
 
 

@@ -1,0 +1,108 @@
+"""Training checkpoints: one directory per save, written under a temporary name and renamed.
+
+``<output_dir>/batch{N}`` or ``epoch{N}`` holds ``state.pt`` (weights, optimizer, step, data position,
+RNG; written by Fabric so sharded strategies work), ``trainer_state.json`` (step, epoch, position: easy
+to read) and ``train_config.json`` (the resolved config). A crash mid-save leaves only a ``.tmp``
+directory beside the last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_NAME = re.compile(r"^(batch|epoch)\d+$")
+STATE_FILE = "state.pt"
+TRAINER_STATE_FILE = "trainer_state.json"
+CONFIG_FILE = "train_config.json"
+
+
+@dataclass
+class TrainProgress:
+    """Where training stands: ``step`` optimizer steps done; ``epoch`` and ``window`` (optimizer steps
+    already taken in that epoch) locate the next batch."""
+
+    step: int = 0
+    epoch: int = 0
+    window: int = 0
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a step may draw from, as plain containers and tensors (loadable with weights_only)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss],
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def checkpoint_dirs(output_dir: Path) -> list[Path]:
+    """Complete checkpoints in ``output_dir``, oldest first (by step)."""
+    found = [p for p in output_dir.iterdir() if p.is_dir() and CHECKPOINT_NAME.match(p.name)
+             and (p / TRAINER_STATE_FILE).is_file()] if output_dir.is_dir() else []
+    return sorted(found, key=lambda p: json.loads((p / TRAINER_STATE_FILE).read_text())["step"])
+
+
+def resolve_resume(output_dir: Path, resume: str) -> Path:
+    """The checkpoint directory ``resume`` names (``"latest"``: the newest complete one)."""
+    if resume == "latest":
+        found = checkpoint_dirs(output_dir)
+        if not found:
+            raise FileNotFoundError(f"resume_from_checkpoint='latest' but {output_dir} has no complete checkpoint")
+        return found[-1]
+    path = Path(resume)
+    if not (path / STATE_FILE).exists() or not (path / TRAINER_STATE_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not a complete rwkvtune checkpoint (expected {STATE_FILE} and "
+                                f"{TRAINER_STATE_FILE}); pass a batch*/epoch* directory or 'latest'")
+    return path
+
+
+def save_checkpoint(fabric, output_dir: Path, name: str, *, model, optimizer, progress: TrainProgress,
+                    config: dict[str, Any], keep: int) -> Path:
+    """Write checkpoint ``name`` atomically, then prune to the ``keep`` newest (0 = keep all)."""
+    final = output_dir / name
+    staging = output_dir / f".{name}.tmp"
+    if fabric.is_global_zero:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    fabric.barrier()
+    fabric.save(staging / STATE_FILE, {"model": model, "optimizer": optimizer, "progress": asdict(progress),
+                                       "rng": rng_state()})
+    if fabric.is_global_zero:
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        (staging / TRAINER_STATE_FILE).write_text(json.dumps(asdict(progress), indent=2) + "\n")
+        for path in staging.rglob("*"):
+            if path.is_file():
+                with open(path, "rb") as f:
+                    os.fsync(f.fileno())
+        if final.exists():  # the same step saved again (e.g. an epoch end that is also a batch save)
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        if keep:
+            for old in checkpoint_dirs(output_dir)[:-keep]:
+                shutil.rmtree(old)
+    fabric.barrier()
+    return final
+
+
+def load_checkpoint(fabric, path: Path, *, model, optimizer) -> TrainProgress:
+    """Restore weights, optimizer and RNG from ``path``; returns where training stood."""
+    rest = fabric.load(path / STATE_FILE, {"model": model, "optimizer": optimizer}, weights_only=True)
+    set_rng_state(rest["rng"])
+    return TrainProgress(**rest["progress"])

@@ -1,0 +1,145 @@
+"""The one training loop shared by every trainer: accumulate, normalise by target tokens, step, log, save.
+
+The loss of an accumulation window is the sum of the token losses of all its micro-batches on all
+processes divided by the number of target tokens in that window, so ``micro_bsz x accumulation`` and
+``processes x micro_bsz`` splits of the same rows give the same update (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from rwkvtune.config.train import TrainConfig
+from rwkvtune.engine.checkpoint import TrainProgress, save_checkpoint
+from rwkvtune.engine.data_order import epoch_micro_batches
+from rwkvtune.engine.metrics import MetricsWriter
+from rwkvtune.engine.schedule import lr_at_step
+
+logger = logging.getLogger(__name__)
+
+Collate = Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
+
+
+def plan_windows(n_rows: int, config: TrainConfig, *, epoch: int, rank: int, world_size: int) -> list[list[list[int]]]:
+    """This process's accumulation windows for ``epoch``: lists of micro-batches of row indices."""
+    batches = epoch_micro_batches(n_rows, epoch=epoch, seed=config.seed, micro_bsz=config.micro_bsz,
+                                  rank=rank, world_size=world_size)
+    acc = config.accumulate_grad_batches
+    windows = [batches[i:i + acc] for i in range(0, len(batches), acc)]
+    return windows[:config.epoch_steps] if config.epoch_steps else windows
+
+
+def total_steps(n_rows: int, config: TrainConfig, world_size: int) -> int:
+    per_epoch = len(plan_windows(n_rows, config, epoch=0, rank=0, world_size=world_size))
+    steps = per_epoch * config.epoch_count
+    return min(steps, config.max_steps) if config.max_steps else steps
+
+
+def fit(
+    fabric,
+    model,
+    optimizer: torch.optim.Optimizer,
+    rows: Sequence[dict[str, Any]],
+    config: TrainConfig,
+    *,
+    collate: Collate,
+    output_dir: Path,
+    progress: TrainProgress,
+    metrics: MetricsWriter | None,
+    evaluate: Callable[[], float] | None = None,
+) -> dict[str, float]:
+    """Train from ``progress`` to the end; returns the last logged metrics.
+
+    Raises ``FloatingPointError`` naming the step when a window's loss is not finite (before the
+    optimizer step, so the weights stay finite).
+    """
+    rank, world = fabric.global_rank, fabric.world_size
+    steps = total_steps(len(rows), config, world)
+    if steps == 0:
+        raise ValueError(f"no optimizer step fits: {len(rows)} rows for micro_bsz={config.micro_bsz} "
+                         f"on {world} process(es)")
+    bar = tqdm(total=steps, initial=progress.step, disable=not fabric.is_global_zero, dynamic_ncols=True,
+               desc="train")
+    last: dict[str, float] = {}
+    tokens_since, time_since, loss_since, windows_since = 0, time.perf_counter(), 0.0, 0
+    model.train()
+    while progress.epoch < config.epoch_count and progress.step < steps:
+        windows = plan_windows(len(rows), config, epoch=progress.epoch, rank=rank, world_size=world)
+        while progress.window < len(windows) and progress.step < steps:
+            window = [collate([rows[i] for i in micro]) for micro in windows[progress.window]]
+            loss, n_tokens, seen = _train_window(fabric, model, optimizer, window, config, progress.step, steps)
+            progress.step += 1
+            progress.window += 1
+            tokens_since += seen
+            loss_since += loss
+            windows_since += 1
+            bar.update(1)
+            if progress.step % config.logging_steps == 0 or progress.step == steps:
+                elapsed = time.perf_counter() - time_since
+                last = {"loss": loss_since / windows_since, "lr": optimizer.param_groups[0]["lr"]
+                        / optimizer.param_groups[0].get("lr_scale", 1.0), "epoch": progress.epoch,
+                        "tokens_per_s": tokens_since * world / max(elapsed, 1e-9)}
+                if evaluate is not None and config.eval_steps and progress.step % config.eval_steps == 0:
+                    last["eval_loss"] = evaluate()
+                bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}",
+                                tok_s=f"{last['tokens_per_s']:.0f}")
+                if metrics is not None and fabric.is_global_zero:
+                    metrics.log(progress.step, last)
+                tokens_since, time_since, loss_since, windows_since = 0, time.perf_counter(), 0.0, 0
+            if config.save_every_n_batches and progress.step % config.save_every_n_batches == 0:
+                _save(fabric, output_dir, f"batch{progress.step}", model, optimizer, progress, config)
+        if progress.window >= len(windows):
+            progress.epoch += 1
+            progress.window = 0
+            if evaluate is not None and not config.eval_steps:
+                last["eval_loss"] = evaluate()
+                if metrics is not None and fabric.is_global_zero:
+                    metrics.log(progress.step, {"eval_loss": last["eval_loss"], "epoch": progress.epoch})
+            if config.epoch_save and progress.epoch % config.epoch_save == 0:
+                _save(fabric, output_dir, f"epoch{progress.epoch}", model, optimizer, progress, config)
+    bar.close()
+    return last
+
+
+def _train_window(fabric, model, optimizer, window: list[dict[str, torch.Tensor]], config: TrainConfig,
+                  step: int, steps: int) -> tuple[float, int, int]:
+    """Accumulate one window and take one optimizer step; returns (mean loss, targets, tokens seen)."""
+    local_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in window)
+    n_targets = int(fabric.all_reduce(torch.tensor(float(local_targets)), reduce_op="sum").item())
+    lr = lr_at_step(step, total_steps=steps, lr_init=config.lr_init, lr_final=config.lr_final,
+                    warmup_steps=config.warmup_steps, schedule=config.lr_schedule)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=fabric.device)
+    for i, batch in enumerate(window):
+        with fabric.no_backward_sync(model, enabled=i < len(window) - 1):
+            out = model(batch["input_ids"].to(fabric.device), labels=batch["labels"].to(fabric.device))
+            # DDP averages gradients over processes: scale by their number to get the window's sum.
+            fabric.backward(out.loss_sum * fabric.world_size / max(n_targets, 1))
+        loss_sum += out.loss_sum.detach()
+    loss = fabric.all_reduce(loss_sum, reduce_op="sum").item() / max(n_targets, 1)
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss} at optimizer step {step + 1}: training stopped before the "
+                                 "update. Lower lr_init, use precision='bf16' instead of 'fp16', or check the data")
+    if config.grad_clip:
+        fabric.clip_gradients(model, optimizer, max_norm=config.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    seen = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in window)
+    return loss, n_targets, seen
+
+
+def _save(fabric, output_dir: Path, name: str, model, optimizer, progress: TrainProgress,
+          config: TrainConfig) -> None:
+    path = save_checkpoint(fabric, output_dir, name, model=model, optimizer=optimizer,
+                           progress=TrainProgress(**asdict(progress)), config=config.to_dict(),
+                           keep=config.save_total_limit)
+    logger.info("saved checkpoint %s", path)

@@ -1,0 +1,157 @@
+"""``SFTTrainer`` and ``PretrainTrainer``: wire config -> data -> model -> loop -> checkpoint in one place.
+
+The trainers differ only in their defaults (``SFTConfig`` vs ``PretrainConfig``) and in what a row
+supervises, which the data layer decides from the columns; the loop is ``rwkvtune.engine.loop.fit``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rwkvtune.config.train import PretrainConfig, SFTConfig, TrainConfig
+from rwkvtune.data.collate import collate
+from rwkvtune.data.examples import prepare_examples
+from rwkvtune.engine.checkpoint import CHECKPOINT_NAME, TrainProgress, load_checkpoint, resolve_resume
+from rwkvtune.engine.fabric import make_fabric
+from rwkvtune.engine.loop import fit
+from rwkvtune.engine.metrics import MetricsWriter
+from rwkvtune.engine.optim import build_optimizer
+from rwkvtune.hub import AutoModel, AutoTokenizer, PretrainedRWKV7, save_pretrained
+from rwkvtune.model import RWKV7
+from rwkvtune.tokenizer import WorldTokenizer
+
+logger = logging.getLogger(__name__)
+
+FINAL_DIR = "final"
+
+
+class _Trainer:
+    """Shared constructor and ``train()``; subclasses pick the config class."""
+
+    config_class: type[TrainConfig] = TrainConfig
+
+    def __init__(
+        self,
+        model: str | os.PathLike | RWKV7,
+        args: TrainConfig | None = None,
+        train_dataset: Any = None,
+        processing_class: WorldTokenizer | None = None,
+        eval_dataset: Any = None,
+    ):
+        self.args = args if args is not None else self.config_class()
+        if train_dataset is None:
+            raise ValueError(f"{type(self).__name__} needs a train_dataset")
+        if isinstance(model, (str, os.PathLike)):
+            # Full precision master weights: Fabric's mixed precision autocasts the compute.
+            self.model = AutoModel.from_pretrained(model, dtype="fp32")
+            self.tokenizer = processing_class or AutoTokenizer.from_pretrained(model)
+        elif isinstance(model, RWKV7):
+            self.model = model
+            self.tokenizer = processing_class or WorldTokenizer.default()
+        else:
+            raise TypeError(f"model must be a hub directory path or an RWKV7 model, got {type(model).__name__}")
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+
+    def train(self) -> dict[str, float]:
+        """Train, save ``<output_dir>/final`` (a hub directory) and return the last logged metrics."""
+        config = self.args
+        output_dir = Path(config.output_dir)
+        resume = resolve_resume(output_dir, config.resume_from_checkpoint) if config.resume_from_checkpoint else None
+        if resume is None:
+            _check_fresh_output_dir(output_dir, config.overwrite_output_dir)
+        fabric = make_fabric(config)
+        fabric.seed_everything(config.seed)
+        vocab_size = self.model.config.vocab_size
+        rows = prepare_examples(self.train_dataset, tokenizer=self.tokenizer, ctx_len=config.ctx_len,
+                                vocab_size=vocab_size)
+        eval_rows = (prepare_examples(self.eval_dataset, tokenizer=self.tokenizer, ctx_len=config.ctx_len,
+                                      vocab_size=vocab_size) if self.eval_dataset is not None else None)
+
+        original_dtype = self.model.dtype
+        self.model.float()  # fp32 master weights in every precision mode
+        self.model.grad_cp = bool(config.grad_cp)
+        optimizer = build_optimizer(self.model, config)
+        model, optimizer = fabric.setup(self.model, optimizer)
+        progress = TrainProgress()
+        if resume is not None:
+            progress = load_checkpoint(fabric, resume, model=model, optimizer=optimizer)
+            logger.info("resumed from %s at step %d", resume, progress.step)
+        if fabric.is_global_zero:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        metrics = MetricsWriter(output_dir, config.report_to_list, config.to_dict()) if fabric.is_global_zero else None
+
+        def evaluate() -> float:
+            return _eval_loss(fabric, model, eval_rows, config)
+
+        try:
+            last = fit(fabric, model, optimizer, rows, config, collate=collate, output_dir=output_dir,
+                       progress=progress, metrics=metrics, evaluate=evaluate if eval_rows is not None else None)
+        finally:
+            if metrics is not None:
+                metrics.close()
+        if fabric.is_global_zero:
+            self._save_final(output_dir / FINAL_DIR, original_dtype)
+        fabric.barrier()
+        return {**last, "step": progress.step}
+
+    def _save_final(self, path: Path, dtype: torch.dtype) -> None:
+        model = self.model
+        saved = model.to(dtype) if dtype != model.dtype else model
+        if isinstance(saved, PretrainedRWKV7):
+            saved.save_pretrained(path, tokenizer=self.tokenizer)
+        else:
+            save_pretrained(saved, path, tokenizer=self.tokenizer, ctx_len=self.args.ctx_len)
+        logger.info("saved the final model to %s", path)
+
+
+@torch.no_grad()
+def _eval_loss(fabric, model, rows, config: TrainConfig) -> float:
+    """Mean next-token loss over ``rows`` (every process evaluates all rows; cheap next to training)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(rows), config.micro_bsz):
+        batch = collate([rows[i] for i in range(start, min(start + config.micro_bsz, len(rows)))])
+        out = model(batch["input_ids"].to(fabric.device), labels=batch["labels"].to(fabric.device))
+        total += out.loss_sum.item()
+        count += int(out.n_targets)
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _check_fresh_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """Refuse to start over an earlier run's checkpoints unless asked (they would be pruned or mixed)."""
+    if not output_dir.is_dir() or overwrite:
+        return
+    earlier = sorted(p.name for p in output_dir.iterdir() if CHECKPOINT_NAME.match(p.name) or p.name == FINAL_DIR)
+    if earlier:
+        raise FileExistsError(f"{output_dir} holds an earlier run ({', '.join(earlier[:5])}); pass "
+                              "resume_from_checkpoint='latest' to continue it, choose another output_dir, or set "
+                              "overwrite_output_dir=True")
+
+
+class SFTTrainer(_Trainer):
+    """Supervised fine-tuning (``SFTConfig``): loss on labelled tokens only.
+
+    Args:
+        model: a hub directory path, or a loaded ``RWKV7`` (trained in place).
+        args: ``SFTConfig`` (defaults if ``None``).
+        train_dataset: HF ``Dataset`` / ``IterableDataset`` / list of dicts with ``input_ids`` (+
+            ``labels``), ``messages``, ``prompt`` + ``completion``, or ``text``.
+        processing_class: the tokenizer (default: the hub directory's, else the World tokenizer).
+        eval_dataset: optional, same formats; its loss is logged as ``eval_loss``.
+    """
+
+    config_class = SFTConfig
+
+
+class PretrainTrainer(_Trainer):
+    """Continued pretraining (``PretrainConfig``): ``text`` rows are packed into ``ctx_len`` windows."""
+
+    config_class = PretrainConfig
