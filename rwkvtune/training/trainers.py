@@ -14,8 +14,7 @@ from typing import Any
 import torch
 
 from rwkvtune.config.train import PretrainConfig, SFTConfig, TrainConfig
-from rwkvtune.data.collate import collate
-from rwkvtune.data.examples import prepare_examples
+from rwkvtune.data import BinidxWindows, collate, prepare_examples
 from rwkvtune.engine.checkpoint import CHECKPOINT_NAME, TrainProgress, load_checkpoint, resolve_resume
 from rwkvtune.engine.fabric import make_fabric
 from rwkvtune.engine.loop import fit
@@ -67,11 +66,8 @@ class _Trainer:
             _check_fresh_output_dir(output_dir, config.overwrite_output_dir)
         fabric = make_fabric(config)
         fabric.seed_everything(config.seed)
-        vocab_size = self.model.config.vocab_size
-        rows = prepare_examples(self.train_dataset, tokenizer=self.tokenizer, ctx_len=config.ctx_len,
-                                vocab_size=vocab_size)
-        eval_rows = (prepare_examples(self.eval_dataset, tokenizer=self.tokenizer, ctx_len=config.ctx_len,
-                                      vocab_size=vocab_size) if self.eval_dataset is not None else None)
+        rows = self._rows(self.train_dataset)
+        eval_rows = self._rows(self.eval_dataset) if self.eval_dataset is not None else None
 
         original_dtype = self.model.dtype
         self.model.float()  # fp32 master weights in every precision mode
@@ -99,6 +95,15 @@ class _Trainer:
             self._save_final(output_dir / FINAL_DIR, original_dtype)
         fabric.barrier()
         return {**last, "step": progress.step}
+
+    def _rows(self, dataset: Any):
+        """Training examples of ``dataset``; a binidx corpus is read window by window, never loaded whole."""
+        if isinstance(dataset, BinidxWindows):
+            if dataset.ctx_len != self.args.ctx_len:
+                raise ValueError(f"BinidxWindows has ctx_len {dataset.ctx_len} but the config has {self.args.ctx_len}")
+            return dataset
+        return prepare_examples(dataset, tokenizer=self.tokenizer, ctx_len=self.args.ctx_len,
+                                vocab_size=self.model.config.vocab_size)
 
     def _save_final(self, path: Path, dtype: torch.dtype) -> None:
         model = self.model
@@ -152,6 +157,7 @@ class SFTTrainer(_Trainer):
 
 
 class PretrainTrainer(_Trainer):
-    """Continued pretraining (``PretrainConfig``): ``text`` rows are packed into ``ctx_len`` windows."""
+    """Continued pretraining (``PretrainConfig``): ``text`` rows are packed into ``ctx_len`` windows; a
+    ``rwkvtune.data.BinidxWindows`` corpus (RWKV-LM ``.bin/.idx``) is read memory-mapped."""
 
     config_class = PretrainConfig

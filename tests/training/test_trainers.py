@@ -264,3 +264,17 @@ def test_two_process_ddp_on_cpu_equals_one_process(tmp_path):
     # gloo sums gradients in another order; Adam turns that rounding into <= ~3% of one lr=1e-3 step.
     w1, w2 = _weights(tmp_path / "d1"), _weights(tmp_path / "d2")
     assert all(torch.allclose(w1[k], w2[k], atol=1e-4, rtol=0) for k in w1)
+
+
+def test_pretraining_on_a_binidx_corpus(tmp_path):
+    from rwkvtune.data import BinidxWindows, write_binidx
+
+    docs = [r["input_ids"] + [0] for r in random_rows(10, seed=13)]
+    write_binidx(tmp_path / "corpus", docs)
+    windows = BinidxWindows(tmp_path / "corpus", ctx_len=16)
+    config = PretrainConfig(ctx_len=16, micro_bsz=2, epoch_count=1, output_dir=str(tmp_path / "out"), **FAST)
+    result = PretrainTrainer(small_model(), config, train_dataset=windows).train()
+    assert result["step"] == math.ceil(len(windows) / 2)
+    with pytest.raises(ValueError, match="ctx_len 16 but the config has 32"):
+        PretrainTrainer(small_model(), PretrainConfig(ctx_len=32, output_dir=str(tmp_path / "x")),
+                        train_dataset=windows).train()
