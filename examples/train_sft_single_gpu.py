@@ -1,0 +1,69 @@
+"""Supervised fine-tuning on one device (GPU if present, else CPU), configured by environment variables.
+
+    MODEL_PATH=models/rwkv7-0.1b DATA_PATH=data/sft.jsonl python examples/train_sft_single_gpu.py
+
+Variables (defaults in brackets): MODEL_PATH [a new tiny RWKV-7, L2-C128], DATA_PATH [the synthetic task of
+synthetic_tasks.py; a .jsonl/.json file with messages, prompt+completion, text or input_ids rows],
+CTX_LEN [512], MICRO_BSZ [4], EPOCH_COUNT [1], EPOCH_STEPS [none], LR_INIT [1e-4], LR_FINAL [1e-5],
+WARMUP_STEPS [10], ACCUMULATE_GRAD_BATCHES [1], GRAD_CP [1], PRECISION [bf16 on GPU, fp32 on CPU],
+DEVICES [1], SAVE_EVERY_N_BATCHES [0], OUTPUT_DIR [output_sft], REPORT_TO [none].
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from datasets import load_dataset
+
+sys.path.insert(0, str(Path(__file__).parent))
+from env_settings import env  # noqa: E402
+from synthetic_tasks import make_dataset  # noqa: E402
+
+from rwkvtune import AutoModel, AutoTokenizer  # noqa: E402
+from rwkvtune.config import RWKV7Config  # noqa: E402
+from rwkvtune.tokenizer import WorldTokenizer  # noqa: E402
+from rwkvtune.training import SFTConfig, SFTTrainer  # noqa: E402
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    output_dir = env("OUTPUT_DIR", "output_sft")
+    model_path = env("MODEL_PATH", None)
+    if model_path is None:
+        model_path = str(Path(output_dir).parent / "tiny-rwkv7-base")
+        if not Path(model_path).exists():
+            print(f"MODEL_PATH not set: creating a new tiny RWKV-7 (L2-C128) in {model_path}")
+            AutoModel.from_config(RWKV7Config(n_layer=2, n_embd=128), ctx_len=512).save_pretrained(
+                model_path, tokenizer=WorldTokenizer.default())
+    data_path = env("DATA_PATH", None)
+    dataset = make_dataset(2000) if data_path is None else load_dataset("json", data_files=data_path)["train"]
+
+    config = SFTConfig(
+        ctx_len=env("CTX_LEN", 512, int),
+        micro_bsz=env("MICRO_BSZ", 4, int),
+        epoch_count=env("EPOCH_COUNT", 1, int),
+        epoch_steps=env("EPOCH_STEPS", None, int),
+        lr_init=env("LR_INIT", 1e-4, float),
+        lr_final=env("LR_FINAL", 1e-5, float),
+        warmup_steps=env("WARMUP_STEPS", 10, int),
+        accumulate_grad_batches=env("ACCUMULATE_GRAD_BATCHES", 1, int),
+        grad_cp=env("GRAD_CP", 1, int),
+        precision=env("PRECISION", "bf16" if torch.cuda.is_available() else "fp32"),
+        devices=env("DEVICES", 1, int),
+        save_every_n_batches=env("SAVE_EVERY_N_BATCHES", 0, int),
+        report_to=env("REPORT_TO", ""),
+        output_dir=output_dir,
+        resume_from_checkpoint=env("RESUME", None),
+    )
+    model = AutoModel.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    print(trainer.train())
+    print(f"final model: {Path(output_dir) / 'final'}")
+
+
+if __name__ == "__main__":
+    main()
