@@ -21,7 +21,7 @@ def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
 
 
 def chunked_cross_entropy(
-    hidden: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor, *, chunk_size: int = 2048
+    hidden: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor, *, chunk_size: int = 1024
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token loss and the number of target tokens.
 
