@@ -59,6 +59,34 @@ print(json.dumps({"trainer_tps": trainer_tps, "bare_tps": bare_tps, "peak_gib": 
 """
 
 
+LOSS_MEMORY = r"""
+import sys, torch, torch.nn.functional as F
+torch.set_num_threads(2)
+from rwkvtune.config import get_preset
+from rwkvtune.model.loss import chunked_cross_entropy
+config = get_preset("rwkv7-0.1b")
+head = torch.nn.Linear(config.n_embd, config.vocab_size, bias=False)
+hidden = torch.randn(4, 512, config.n_embd, requires_grad=True)
+labels = torch.randint(0, config.vocab_size, (4, 512))
+def peak():
+    return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 2**20
+base = peak()
+if sys.argv[1] == "chunked":
+    loss_sum, n = chunked_cross_entropy(hidden, head.weight, labels)
+    (loss_sum / n).backward()
+else:
+    logits = head(hidden)[:, :-1].float()
+    F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten()).backward()
+print(peak() - base)
+"""
+
+
+def loss_memory() -> dict[str, float]:
+    """Peak RSS growth (GiB) of the loss forward+backward at rwkv7-0.1b's head, micro_bsz 4, ctx 512."""
+    return {mode: float(subprocess.run([sys.executable, "-c", LOSS_MEMORY, mode], capture_output=True, text=True,
+                                       check=True).stdout) for mode in ("full", "chunked")}
+
+
 def matmul_rate(threads: int) -> float:
     code = ("import time, torch; torch.set_num_threads(%d); a=torch.randn(2048,2048).bfloat16(); b=a.clone(); a@b; "
             "best=min((lambda t: (a@b, time.perf_counter()-t)[1])(time.perf_counter()) for _ in range(5)); "
@@ -86,6 +114,9 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    memory = loss_memory()
+    print(f"cross-entropy over V=65536 for 4 x 512 tokens, forward+backward, peak RSS growth: full logits "
+          f"{memory['full']:.2f} GiB, chunked (1024 positions) {memory['chunked']:.2f} GiB\n")
     rate = matmul_rate(args.threads)
     print(f"torch {torch.__version__}, {platform.machine()}, {args.threads} threads; bf16 matmul "
           f"{rate / 1e9:.0f} GFLOP/s; ctx {args.ctx}, micro_bsz {args.micro_bsz}\n")

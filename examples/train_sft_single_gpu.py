@@ -19,25 +19,17 @@ import torch
 from datasets import load_dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from env_settings import env  # noqa: E402
+from example_setup import env, model_path_or_tiny  # noqa: E402
 from synthetic_tasks import make_dataset  # noqa: E402
 
 from rwkvtune import AutoModel, AutoTokenizer  # noqa: E402
-from rwkvtune.config import RWKV7Config  # noqa: E402
-from rwkvtune.tokenizer import WorldTokenizer  # noqa: E402
 from rwkvtune.training import SFTConfig, SFTTrainer  # noqa: E402
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     output_dir = env("OUTPUT_DIR", "output_sft")
-    model_path = env("MODEL_PATH", None)
-    if model_path is None:
-        model_path = str(Path(output_dir).parent / "tiny-rwkv7-base")
-        if not Path(model_path).exists():
-            print(f"MODEL_PATH not set: creating a new tiny RWKV-7 (L2-C128) in {model_path}")
-            AutoModel.from_config(RWKV7Config(n_layer=2, n_embd=128), ctx_len=512).save_pretrained(
-                model_path, tokenizer=WorldTokenizer.default())
+    model_path = model_path_or_tiny(output_dir, env("CTX_LEN", 512, int))
     data_path = env("DATA_PATH", None)
     dataset = make_dataset(2000) if data_path is None else load_dataset("json", data_files=data_path)["train"]
 

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,10 @@ from rwkvtune.config import RWKV7Config
 from rwkvtune.model.loss import chunked_cross_entropy
 from rwkvtune.model.state import RWKVState
 from rwkvtune.ops import check_backend_name, wkv7
+
+if TYPE_CHECKING:  # for RWKV7.generate's annotations only
+    from rwkvtune.generation import Completion, SamplingParams
+    from rwkvtune.tokenizer import WorldTokenizer
 
 #: ``log(decay) = -exp(-0.5) * sigmoid(w)`` keeps every decay in (0.545, 1) (spec 2.3 step 5).
 _LOG_DECAY_SCALE = -0.6065306597126334
@@ -266,3 +272,16 @@ class RWKV7(nn.Module):
         """One RNN step for a batch: ``token_ids`` ``[B]`` -> ``(logits [B, V], new state)``."""
         out = self.forward(token_ids.view(-1, 1), state, return_state=True)
         return out.logits[:, 0], out.state
+
+    def generate(self, prompts: str | Sequence[int] | Sequence[str | Sequence[int]],
+                 params: SamplingParams | None = None, tokenizer: WorldTokenizer | None = None) -> list[Completion]:
+        """Sample completions: ``rwkvtune.generation.generate(self, prompts, params, tokenizer)``.
+
+        Prompts are strings (with ``tokenizer``) or token-id lists; ``params`` is a ``SamplingParams``
+        (default: the hub ``generation_config``). Returns one ``Completion`` per sample, prompt-major.
+        """
+        # The one upward import of the model layer (an exemption in tests/test_layering.py): generation is
+        # built on the model, and this method only forwards to it.
+        from rwkvtune.generation import generate
+
+        return generate(self, prompts, params, tokenizer)

@@ -1,0 +1,182 @@
+"""Decode throughput of the generation engine on CPU, against the ``rwkv`` runtime, with the sampler's share.
+
+For each model shape and dtype: decode tokens/s at several numbers of concurrent sequences (temperature
+1, top-p 1: the GRPO defaults; no stop, so every row runs the whole measurement), the share of decode time
+spent in the sampler (timed around every ``sample_next`` call), the ``rwkv`` runtime's single-sequence
+forward rate on the same weights (no sampling: its best case), and "% of the fp32 matmul roofline" at 64
+sequences: tokens/s x 2 x (matmul weights per token) / the FLOP/s of a 2048^2 fp32 matmul measured in
+the same run.
+
+    python benchmarks/bench_generation.py                     # L4-C256-V65536 and rwkv7-0.1b, fp32 and bf16
+    python benchmarks/bench_generation.py --shapes L4-C256 --batches 1,8 --steps 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+import rwkvtune.generation.session as session_module
+from rwkvtune import AutoModel
+from rwkvtune.config import RWKV7Config, get_preset
+from rwkvtune.generation import GenerationEngine, SamplingParams
+from rwkvtune.generation.engine import inference
+
+SHAPES = {
+    "L4-C256": lambda: RWKV7Config(n_layer=4, n_embd=256, vocab_size=65536),
+    "rwkv7-0.1b": lambda: get_preset("rwkv7-0.1b"),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
+    """Best-of-``repeats`` FLOP/s of a square fp32 matmul."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def matmul_weights_per_token(config: RWKV7Config) -> int:
+    """Weights used in a matmul per decoded token: projections, low-rank MLPs, FFN and head (not the
+    embedding lookup, not layer 0's unused value-residual MLP)."""
+    c, f = config.n_embd, config.dim_ffn
+    lora = config.dim_decay_lora + config.dim_iclr_lora + config.dim_gate_lora + config.dim_value_lora
+    per_layer = 4 * c * c + 2 * c * f + 2 * c * lora
+    return config.n_layer * per_layer - 2 * c * config.dim_value_lora + config.vocab_size * c
+
+
+class SamplerClock:
+    """Adds up the time spent in the sampler while installed."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    @contextmanager
+    def installed(self):
+        original = session_module.sample_next
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        session_module.sample_next = timed
+        try:
+            yield self
+        finally:
+            session_module.sample_next = original
+
+
+def decode_rate(model, batch: int, steps: int, warmup: int) -> tuple[float, float, float]:
+    """``(tokens/s, sampler share, ms per step)`` of ``steps`` decode steps with ``batch`` live rows."""
+    vocab = model.config.vocab_size
+    prompts = torch.randint(1, vocab, (batch, 8), generator=torch.Generator().manual_seed(batch)).tolist()
+    params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=warmup + steps + 1, stop=(),
+                            stop_token_ids=(), seed=0)
+    clock = SamplerClock()
+    with inference(model), clock.installed():
+        session = next(GenerationEngine(model).sessions(prompts, params))
+        for _ in range(warmup):
+            session.advance()
+        clock.seconds = 0.0
+        start = time.perf_counter()
+        for _ in range(steps):
+            session.advance()
+        elapsed = time.perf_counter() - start
+    return batch * steps / elapsed, clock.seconds / elapsed, 1e3 * elapsed / steps
+
+
+def runtime_rate(weights_stem: Path, strategy: str, steps: int, warmup: int) -> float:
+    """Single-sequence tokens/s of the ``rwkv`` runtime's forward (no sampling)."""
+    os.environ.setdefault("RWKV_V7_ON", "1")
+    os.environ.setdefault("RWKV_JIT_ON", "1")
+    from rwkv.model import RWKV
+
+    model = RWKV(model=str(weights_stem), strategy=strategy)
+    logits, state = model.forward([1, 2, 3, 4, 5, 6, 7, 8], None)
+    token = 9
+    for _ in range(warmup):
+        logits, state = model.forward([token], state)
+    start = time.perf_counter()
+    for _ in range(steps):
+        logits, state = model.forward([token], state)
+    return steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="L4-C256,rwkv7-0.1b", help=f"comma-separated: {', '.join(SHAPES)}")
+    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--batches", default="1,8,64,256")
+    parser.add_argument("--steps", type=int, default=24, help="measured decode steps (L4-C256)")
+    parser.add_argument("--big-steps", type=int, default=6, help="measured decode steps (rwkv7-0.1b)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-runtime", action="store_true", help="skip the rwkv runtime baseline")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    batches = [int(b) for b in args.batches.split(",")]
+    rate = matmul_rate()
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads {args.threads}, "
+          f"fp32 2048^2 matmul {rate / 1e9:.0f} GFLOP/s\n")
+
+    roofline_rows, runtime_rows = [], []
+    for shape in args.shapes.split(","):
+        config = SHAPES[shape]()
+        steps = args.steps if shape == "L4-C256" else args.big_steps
+        weights = matmul_weights_per_token(config)
+        base = AutoModel.from_config(config).eval()
+        print(f"## {shape}: L{config.n_layer}-C{config.n_embd}-V{config.vocab_size}, "
+              f"{config.num_parameters() / 1e6:.1f}M params, {2 * weights / 1e6:.0f} MFLOP/token in matmuls, "
+              f"{steps} measured steps\n")
+        print("| dtype | sequences | tokens/s | ms / step | sampler share |")
+        print("|---|---:|---:|---:|---:|")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in args.dtypes.split(","):
+                model = base.to(DTYPES[name])
+                for batch in batches:
+                    tokens, share, ms = decode_rate(model, batch, steps, args.warmup)
+                    print(f"| {name} | {batch} | {tokens:,.1f} | {ms:.1f} | {share:.1%} |", flush=True)
+                    if batch == 1:
+                        ours_single = tokens
+                    if batch == 64:
+                        achieved = tokens * 2 * weights
+                        roofline_rows.append(f"| {shape} | {name} | {tokens:,.1f} | {achieved / 1e9:.1f} | "
+                                             f"{rate / 1e9:.0f} | {achieved / rate:.1%} |")
+                if not args.no_runtime and 1 in batches:
+                    model.save_pretrained(Path(tmp) / name)
+                    runtime = runtime_rate(Path(tmp) / name / "model", f"cpu {name}", steps * 2, args.warmup)
+                    runtime_rows.append(f"| {shape} | {name} | {runtime:,.1f} | {ours_single:,.1f} | "
+                                        f"{ours_single / runtime:.2f}x |")
+            base = base.float()
+        print()
+
+    if runtime_rows:
+        print("## Single sequence: ours (sampling included) vs the rwkv runtime's forward (no sampling)\n")
+        print("| shape | dtype | rwkv runtime tokens/s | ours tokens/s | ours / runtime |")
+        print("|---|---|---:|---:|---:|")
+        print("\n".join(runtime_rows) + "\n")
+    if roofline_rows:
+        print("## 64 sequences: % of the fp32 matmul roofline\n")
+        print("| shape | dtype | tokens/s | achieved GFLOP/s | fp32 matmul GFLOP/s | % of roofline |")
+        print("|---|---|---:|---:|---:|---:|")
+        print("\n".join(roofline_rows))
+
+
+if __name__ == "__main__":
+    main()
