@@ -15,19 +15,19 @@ Settings come from environment variables (all optional):
 from __future__ import annotations
 
 import dataclasses
-import os
+import sys
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
 
 import torch
 
-from rwkvtune import AutoModel, AutoTokenizer
-from rwkvtune.config import RWKV7Config
-from rwkvtune.generation import SamplingParams, generate, stream_text
-from rwkvtune.tokenizer import WorldTokenizer
+sys.path.insert(0, str(Path(__file__).parent))
+from example_setup import env  # noqa: E402
 
-T = TypeVar("T")
+from rwkvtune import AutoModel, AutoTokenizer  # noqa: E402
+from rwkvtune.config import RWKV7Config  # noqa: E402
+from rwkvtune.generation import SamplingParams, generate, stream_text  # noqa: E402
+from rwkvtune.tokenizer import WorldTokenizer  # noqa: E402
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -36,18 +36,12 @@ QUESTIONS = [
 ]
 
 
-def setting(name: str, default: T, cast: Callable[[str], T] = str) -> T:
-    """``cast($name)``, or ``default`` when the variable is unset or empty."""
-    value = os.environ.get(name)
-    return default if value in (None, "") else cast(value)
-
-
 def main() -> None:
-    torch.set_num_threads(setting("THREADS", 2, int))
-    model_path = setting("MODEL_PATH", None)
-    device = setting("DEVICE", "cpu")
+    torch.set_num_threads(env("THREADS", 2, int))
+    model_path = env("MODEL_PATH", None)
+    device = env("DEVICE", "cpu")
     if model_path:
-        model = AutoModel.from_pretrained(model_path, dtype=setting("DTYPE", "fp32"), device=device)
+        model = AutoModel.from_pretrained(model_path, dtype=env("DTYPE", "fp32"), device=device)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         print(f"model: {model_path}")
     else:
@@ -58,9 +52,9 @@ def main() -> None:
         print("MODEL_PATH is not set: using a tiny random RWKV-7 (L4-C256), so the text is noise; "
               "set MODEL_PATH=<hub dir> for a real model")
     params = SamplingParams(
-        max_new_tokens=setting("MAX_NEW_TOKENS", 64, int), temperature=setting("TEMPERATURE", 1.0, float),
-        top_p=setting("TOP_P", 0.9, float), top_k=setting("TOP_K", 0, int), n=setting("NUM_SAMPLES", 2, int),
-        seed=setting("SEED", 0, int),
+        max_new_tokens=env("MAX_NEW_TOKENS", 64, int), temperature=env("TEMPERATURE", 1.0, float),
+        top_p=env("TOP_P", 0.9, float), top_k=env("TOP_K", 0, int), n=env("NUM_SAMPLES", 2, int),
+        seed=env("SEED", 0, int),
     )
     print(f"sampling: {params}\n")
 
