@@ -29,56 +29,14 @@ from rwkvtune.config import RWKV7Config, get_preset
 from rwkvtune.generation import GenerationEngine, SamplingParams
 from rwkvtune.generation.engine import inference
 
+from roofline import matmul_rate, matmul_weights_per_token
+
 SHAPES = {
     "L4-C256": lambda: RWKV7Config(n_layer=4, n_embd=256, vocab_size=65536),
     "rwkv7-0.1b": lambda: get_preset("rwkv7-0.1b"),
 }
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` FLOP/s of a square fp32 matmul."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
-
-
-def matmul_weights_per_token(config: RWKV7Config) -> int:
-    """Weights used in a matmul per decoded token: projections, low-rank MLPs, FFN and head (not the
-    embedding lookup, not layer 0's unused value-residual MLP)."""
-    c, f = config.n_embd, config.dim_ffn
-    lora = config.dim_decay_lora + config.dim_iclr_lora + config.dim_gate_lora + config.dim_value_lora
-    per_layer = 4 * c * c + 2 * c * f + 2 * c * lora
-    return config.n_layer * per_layer - 2 * c * config.dim_value_lora + config.vocab_size * c
-
-
-class SamplerClock:
-    """Adds up the time spent in the sampler while installed."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-
-    @contextmanager
-    def installed(self):
-        original = session_module.sample_next
-
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - start
-
-        session_module.sample_next = timed
-        try:
-            yield self
-        finally:
-            session_module.sample_next = original
 
 
 def decode_rate(model, batch: int, steps: int, warmup: int) -> tuple[float, float, float]:

@@ -22,27 +22,12 @@ import torch.nn.functional as F
 from rwkvtune.config import RWKV7Config, get_preset
 from rwkvtune.model import new_model
 
-
-def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` FLOP/s of a square matmul of ``size`` in ``dtype``."""
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+from roofline import matmul_rate, matmul_weights_per_token
 
 
 def matmul_flops_per_token(config: RWKV7Config) -> int:
     """Forward+backward matmul FLOPs per token: 6 x (weights used in a matmul)."""
-    c, f = config.n_embd, config.dim_ffn
-    lora = config.dim_decay_lora + config.dim_iclr_lora + config.dim_gate_lora + config.dim_value_lora
-    per_layer = 4 * c * c + 2 * c * f + 2 * c * lora
-    layer0_unused = 2 * c * config.dim_value_lora
-    return 6 * (config.n_layer * per_layer - layer0_unused + config.vocab_size * c)
+    return 6 * matmul_weights_per_token(config)
 
 
 def wkv_flops_per_token(config: RWKV7Config) -> int:

@@ -18,6 +18,11 @@ import subprocess
 import sys
 import tempfile
 
+import torch
+from roofline import matmul_rate, matmul_weights_per_token
+
+from rwkvtune.config import RWKV7Config, get_preset
+
 SHAPES = {"L4-C256": (4, 256), "rwkv7-0.1b": (12, 768)}
 
 ONE_RUN = r"""
@@ -87,21 +92,10 @@ def loss_memory() -> dict[str, float]:
                                        check=True).stdout) for mode in ("full", "chunked")}
 
 
-def matmul_rate(threads: int) -> float:
-    code = ("import time, torch; torch.set_num_threads(%d); a=torch.randn(2048,2048).bfloat16(); b=a.clone(); a@b; "
-            "best=min((lambda t: (a@b, time.perf_counter()-t)[1])(time.perf_counter()) for _ in range(5)); "
-            "print(2*2048**3/best)") % threads
-    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-
-
 def matmul_flops_per_token(n_layer: int, n_embd: int) -> float:
-    from rwkvtune.config import RWKV7Config, get_preset
-
     config = get_preset("rwkv7-0.1b") if (n_layer, n_embd) == (12, 768) else RWKV7Config(
         n_layer=n_layer, n_embd=n_embd, vocab_size=65536)
-    c, f = config.n_embd, config.dim_ffn
-    lora = config.dim_decay_lora + config.dim_iclr_lora + config.dim_gate_lora + config.dim_value_lora
-    return 6 * (config.n_layer * (4 * c * c + 2 * c * f + 2 * c * lora) + config.vocab_size * c)
+    return 6 * matmul_weights_per_token(config)
 
 
 def main() -> None:
