@@ -39,6 +39,30 @@ SHAPES = {
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+class SamplerClock:
+    """Adds up the time spent in the sampler while installed."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    @contextmanager
+    def installed(self):
+        original = session_module.sample_next
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        session_module.sample_next = timed
+        try:
+            yield self
+        finally:
+            session_module.sample_next = original
+
+
 def decode_rate(model, batch: int, steps: int, warmup: int) -> tuple[float, float, float]:
     """``(tokens/s, sampler share, ms per step)`` of ``steps`` decode steps with ``batch`` live rows."""
     vocab = model.config.vocab_size

@@ -106,8 +106,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    import torch
-
     memory = loss_memory()
     print(f"cross-entropy over V=65536 for 4 x 512 tokens, forward+backward, peak RSS growth: full logits "
           f"{memory['full']:.2f} GiB, chunked (1024 positions) {memory['chunked']:.2f} GiB\n")

@@ -75,7 +75,7 @@ def fit(
         windows = plan_windows(len(rows), config, epoch=progress.epoch, rank=rank, world_size=world)
         while progress.window < len(windows) and progress.step < steps:
             window = [collate([rows[i] for i in micro]) for micro in windows[progress.window]]
-            loss, n_tokens, seen = _train_window(fabric, model, optimizer, window, config, progress.step, steps)
+            loss, seen = _train_window(fabric, model, optimizer, window, config, progress.step, steps)
             progress.step += 1
             progress.window += 1
             tokens_since += seen
@@ -110,8 +110,8 @@ def fit(
 
 
 def _train_window(fabric, model, optimizer, window: list[dict[str, torch.Tensor]], config: TrainConfig,
-                  step: int, steps: int) -> tuple[float, int, int]:
-    """Accumulate one window and take one optimizer step; returns (mean loss, targets, tokens seen)."""
+                  step: int, steps: int) -> tuple[float, int]:
+    """Accumulate one window and take one optimizer step; returns (mean loss, tokens seen)."""
     local_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in window)
     n_targets = int(fabric.all_reduce(torch.tensor(float(local_targets)), reduce_op="sum").item())
     lr = lr_at_step(step, total_steps=steps, lr_init=config.lr_init, lr_final=config.lr_final,
@@ -134,7 +134,7 @@ def _train_window(fabric, model, optimizer, window: list[dict[str, torch.Tensor]
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     seen = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in window)
-    return loss, n_targets, seen
+    return loss, seen
 
 
 def _save(fabric, output_dir: Path, name: str, model, optimizer, progress: TrainProgress,
