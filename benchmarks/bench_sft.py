@@ -77,7 +77,7 @@ def peak():
     return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 2**20
 base = peak()
 if sys.argv[1] == "chunked":
-    loss_sum, n = chunked_cross_entropy(hidden, head.weight, labels)
+    loss_sum, n = chunked_cross_entropy(hidden, head, labels)
     (loss_sum / n).backward()
 else:
     logits = head(hidden)[:, :-1].float()
@@ -109,7 +109,8 @@ def main() -> None:
     memory = loss_memory()
     print(f"cross-entropy over V=65536 for 4 x 512 tokens, forward+backward, peak RSS growth: full logits "
           f"{memory['full']:.2f} GiB, chunked (1024 positions) {memory['chunked']:.2f} GiB\n")
-    rate = matmul_rate(args.threads)
+    torch.set_num_threads(args.threads)
+    rate = matmul_rate(torch.bfloat16)
     print(f"torch {torch.__version__}, {platform.machine()}, {args.threads} threads; bf16 matmul "
           f"{rate / 1e9:.0f} GFLOP/s; ctx {args.ctx}, micro_bsz {args.micro_bsz}\n")
     print("| shape | precision | grad_cp | trainer tok/s | bare fwd+bwd tok/s | trainer/bare | peak RSS (GiB) "

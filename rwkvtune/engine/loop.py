@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from rwkvtune.config.train import TrainConfig
 from rwkvtune.engine.checkpoint import TrainProgress, save_checkpoint
 from rwkvtune.engine.data_order import epoch_micro_batches
+from rwkvtune.engine.fabric import accumulating, uses_deepspeed
 from rwkvtune.engine.metrics import MetricsWriter
 from rwkvtune.engine.schedule import lr_at_step
 
@@ -120,7 +121,7 @@ def _train_window(fabric, model, optimizer, window: list[dict[str, torch.Tensor]
         group["lr"] = lr * group.get("lr_scale", 1.0)
     loss_sum = torch.zeros((), dtype=torch.float32, device=fabric.device)
     for i, batch in enumerate(window):
-        with fabric.no_backward_sync(model, enabled=i < len(window) - 1):
+        with accumulating(fabric, model, last=i == len(window) - 1):
             out = model(batch["input_ids"].to(fabric.device), labels=batch["labels"].to(fabric.device))
             # DDP averages gradients over processes: scale by their number to get the window's sum.
             fabric.backward(out.loss_sum * fabric.world_size / max(n_targets, 1))
@@ -129,7 +130,7 @@ def _train_window(fabric, model, optimizer, window: list[dict[str, torch.Tensor]
     if not math.isfinite(loss):
         raise FloatingPointError(f"loss is {loss} at optimizer step {step + 1}: training stopped before the "
                                  "update. Lower lr_init, use precision='bf16' instead of 'fp16', or check the data")
-    if config.grad_clip:
+    if config.grad_clip and not uses_deepspeed(fabric):  # DeepSpeed clips inside optimizer.step()
         fabric.clip_gradients(model, optimizer, max_norm=config.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -34,9 +34,14 @@ StepFn = Callable[[torch.Tensor, RWKVState], tuple[torch.Tensor, RWKVState]]
 
 
 def make_step_fn(model: nn.Module) -> StepFn:
-    """The fastest correct step for ``model``: :class:`RWKV7Decoder` for an ``RWKV7``, else ``model.step``."""
-    if isinstance(model, RWKV7):
-        return RWKV7Decoder(model)
+    """The fastest correct step for ``model``: :class:`RWKV7Decoder` for an ``RWKV7``, else ``model.step``.
+
+    A wrapper with ``get_base_model()`` (HF peft's ``PeftModel``) is looked through: its base is the
+    ``RWKV7`` with the adapter layers put in place, so the decoder runs them as modules.
+    """
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    if isinstance(base, RWKV7):
+        return RWKV7Decoder(base)
     return model.step
 
 

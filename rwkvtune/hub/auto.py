@@ -81,26 +81,30 @@ class PretrainedRWKV7(RWKV7):
         return int(self.hub_config.get("ctx_len", DEFAULT_CTX_LEN))
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, save_format: str = "pth",
-                        tokenizer: WorldTokenizer | None = None) -> Path:
+                        tokenizer: WorldTokenizer | None = None,
+                        state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """Write ``config.json``, the weights (official keys) and ``generation_config.json``, each atomically.
 
-        With ``tokenizer`` the tokenizer files are written too, making a complete hub directory.
+        With ``tokenizer`` the tokenizer files are written too, making a complete hub directory;
+        ``state_dict`` replaces the module's own tensors (e.g. weights gathered from a sharded run).
         """
         return save_pretrained(self, save_directory, save_format=save_format, tokenizer=tokenizer,
                                ctx_len=self.ctx_len, hub_config=self.hub_config,
-                               generation_config=self.generation_config)
+                               generation_config=self.generation_config, state_dict=state_dict)
 
 
 def save_pretrained(model: RWKV7, save_directory: str | os.PathLike, *, save_format: str = "pth",
                     tokenizer: WorldTokenizer | None = None, ctx_len: int = DEFAULT_CTX_LEN,
                     hub_config: dict[str, Any] | None = None,
-                    generation_config: dict[str, Any] | None = None) -> Path:
+                    generation_config: dict[str, Any] | None = None,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Save any ``RWKV7`` as a hub directory (see ``PretrainedRWKV7.save_pretrained``)."""
     if save_format not in WEIGHTS_FILES:
         raise ValueError(f"unknown save format {save_format!r}; choose one of: {', '.join(WEIGHTS_FILES)}")
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
-    save_weights(model.state_dict(), out / WEIGHTS_FILES[save_format], save_format)
+    save_weights(model.state_dict() if state_dict is None else state_dict, out / WEIGHTS_FILES[save_format],
+                 save_format)
     # A stale weights file of the other format would be ambiguous on the next load.
     for other in WEIGHTS_FILES.values():
         if other != WEIGHTS_FILES[save_format] and (out / other).exists():

@@ -10,24 +10,25 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
 
 
-def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = (hidden @ weight.t()).float()
-    return F.cross_entropy(logits, targets, reduction="sum")
+def _chunk_loss_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
 
 def chunked_cross_entropy(
-    hidden: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor, *, chunk_size: int = 1024
+    hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, *, chunk_size: int = 1024
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token loss and the number of target tokens.
 
     Args:
         hidden: ``[B, T, C]`` final hidden states (after ``ln_out``).
-        head_weight: ``[V, C]`` output projection.
+        head: the output projection ``[..., C] -> [..., V]``, called as a module so that a wrapped head
+            (a LoRA adapter on it) is trained too.
         labels: ``[B, T]`` aligned with the inputs (HF convention); position ``t`` predicts
             ``labels[:, t + 1]``; ``-100`` marks positions without loss.
         chunk_size: target positions per head chunk.
@@ -41,10 +42,11 @@ def chunked_cross_entropy(
     hidden = hidden[:, :-1][keep]                       # [N, C]
     targets = targets[keep]                             # [N]
     total = hidden.new_zeros((), dtype=torch.float32)
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
     for start in range(0, targets.numel(), chunk_size):
         h, y = hidden[start:start + chunk_size], targets[start:start + chunk_size]
-        if torch.is_grad_enabled() and (h.requires_grad or head_weight.requires_grad):
-            total = total + checkpoint(_chunk_loss_sum, h, head_weight, y, use_reentrant=False)
+        if needs_grad:
+            total = total + checkpoint(_chunk_loss_sum, head, h, y, use_reentrant=False)
         else:
-            total = total + _chunk_loss_sum(h, head_weight, y)
+            total = total + _chunk_loss_sum(head, h, y)
     return total, keep.sum()

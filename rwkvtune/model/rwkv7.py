@@ -264,7 +264,7 @@ class RWKV7(nn.Module):
         kept_state = new_state if return_state else None
         if labels is None:
             return RWKV7Output(self.head(hidden), kept_state)
-        loss_sum, n_targets = chunked_cross_entropy(hidden, self.head.weight, labels)
+        loss_sum, n_targets = chunked_cross_entropy(hidden, self.head, labels)
         return RWKV7Output(None, kept_state, loss_sum / n_targets.clamp(min=1), loss_sum, n_targets)
 
     @torch.no_grad()

@@ -16,7 +16,7 @@ import torch
 from rwkvtune.config.train import PretrainConfig, SFTConfig, TrainConfig
 from rwkvtune.data import BinidxWindows, collate, prepare_examples
 from rwkvtune.engine.checkpoint import CHECKPOINT_NAME, TrainProgress, load_checkpoint, resolve_resume
-from rwkvtune.engine.fabric import make_fabric
+from rwkvtune.engine.fabric import full_state_dict, make_fabric, uses_deepspeed
 from rwkvtune.engine.loop import fit
 from rwkvtune.engine.metrics import MetricsWriter
 from rwkvtune.engine.optim import build_optimizer
@@ -91,9 +91,13 @@ class _Trainer:
         finally:
             if metrics is not None:
                 metrics.close()
+        weights = full_state_dict(fabric, self.model)  # every process: DeepSpeed gathers here
         if fabric.is_global_zero:
-            self._save_final(output_dir / FINAL_DIR, original_dtype)
+            self._save_final(output_dir / FINAL_DIR, {name: tensor.to(original_dtype) if tensor.is_floating_point()
+                                                      else tensor for name, tensor in weights.items()})
         fabric.barrier()
+        if not uses_deepspeed(fabric):  # DeepSpeed's engine owns the module's storage
+            self.model.to(original_dtype)
         return {**last, "step": progress.step}
 
     def _rows(self, dataset: Any):
@@ -105,13 +109,11 @@ class _Trainer:
         return prepare_examples(dataset, tokenizer=self.tokenizer, ctx_len=self.args.ctx_len,
                                 vocab_size=self.model.config.vocab_size)
 
-    def _save_final(self, path: Path, dtype: torch.dtype) -> None:
-        model = self.model
-        saved = model.to(dtype) if dtype != model.dtype else model
-        if isinstance(saved, PretrainedRWKV7):
-            saved.save_pretrained(path, tokenizer=self.tokenizer)
+    def _save_final(self, path: Path, weights: dict[str, torch.Tensor]) -> None:
+        if isinstance(self.model, PretrainedRWKV7):
+            self.model.save_pretrained(path, tokenizer=self.tokenizer, state_dict=weights)
         else:
-            save_pretrained(saved, path, tokenizer=self.tokenizer, ctx_len=self.args.ctx_len)
+            save_pretrained(self.model, path, tokenizer=self.tokenizer, ctx_len=self.args.ctx_len, state_dict=weights)
         logger.info("saved the final model to %s", path)
 
 

@@ -65,7 +65,7 @@ def test_chunked_loss_equals_full_logits_loss_and_gradients(model):
         model.zero_grad()
         hidden, _ = model.forward_hidden(ids)
         if chunked:
-            loss_sum, n = chunked_cross_entropy(hidden, model.head.weight, labels, chunk_size=7)
+            loss_sum, n = chunked_cross_entropy(hidden, model.head, labels, chunk_size=7)
             loss = loss_sum / n
         else:
             logits = model.head(hidden)[:, :-1]

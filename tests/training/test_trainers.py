@@ -245,7 +245,7 @@ DDP_RUN = textwrap.dedent("""
 
     devices = int(sys.argv[2])
     config = SFTConfig(ctx_len=32, micro_bsz=4 // devices, epoch_count=1, devices=devices, accelerator="cpu",
-                       output_dir=sys.argv[1], **FAST, adam_eps=1e-8)
+                       output_dir=sys.argv[1], **FAST, adam_eps=1e-2)
     SFTTrainer(small_model(), config, train_dataset=random_rows(8, seed=11)).train()
 """)
 
@@ -261,9 +261,10 @@ def test_two_process_ddp_on_cpu_equals_one_process(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = metrics(tmp_path / "d1"), metrics(tmp_path / "d2")
     assert [m["loss"] for m in one] == pytest.approx([m["loss"] for m in two], abs=1e-5)
-    # gloo sums gradients in another order; Adam turns that rounding into <= ~3% of one lr=1e-3 step.
+    # gloo sums gradients in another order. With a tiny adam_eps, Adam turns that rounding of near-zero
+    # gradients into up to 15% of an lr step (seen with 1e-8 on an Intel Xeon); eps=1e-2 keeps it at rounding.
     w1, w2 = _weights(tmp_path / "d1"), _weights(tmp_path / "d2")
-    assert all(torch.allclose(w1[k], w2[k], atol=1e-4, rtol=0) for k in w1)
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-6, rtol=0) for k in w1)
 
 
 def test_pretraining_on_a_binidx_corpus(tmp_path):
