@@ -85,3 +85,51 @@ def test_forward_with_labels_returns_the_same_loss(model):
     expected = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
     assert out.logits is None and out.n_targets.item() == 16
     assert torch.allclose(out.loss, expected, atol=1e-6)
+
+
+class WrappedHead(torch.nn.Linear):
+    """A head that is not a plain ``nn.Linear`` (as a LoRA-wrapped one): takes the module path."""
+
+
+def loss_and_grads(head, hidden, labels, **kwargs):
+    hidden = hidden.detach().requires_grad_(True)
+    head.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=kwargs.pop("bf16", False)):
+        loss_sum, n = chunked_cross_entropy(hidden, head, labels, chunk_size=kwargs.pop("chunk_size", 5))
+    loss_sum.backward()
+    return loss_sum.detach(), hidden.grad, head.weight.grad, n
+
+
+def heads(vocab: int = 300, width: int = 32):
+    plain = torch.nn.Linear(width, vocab, bias=False)
+    wrapped = WrappedHead(width, vocab, bias=False)
+    wrapped.weight.data.copy_(plain.weight.data)
+    return plain, wrapped
+
+
+def test_fused_loss_equals_the_module_path_in_fp32_and_bf16():
+    gen = torch.Generator().manual_seed(1)
+    plain, wrapped = heads()
+    hidden = torch.randn(2, 13, 32, generator=gen)
+    labels = torch.randint(0, 300, (2, 13), generator=gen)
+    labels[1, 8:] = -100
+    for bf16, tol in ((False, 1e-6), (True, 2e-2)):
+        fused, reference = (loss_and_grads(head, hidden, labels, bf16=bf16) for head in (plain, wrapped))
+        assert fused[3] == reference[3] == 2 * 12 - 5
+        for ours, theirs in zip(fused[:3], reference[:3]):
+            torch.testing.assert_close(ours, theirs, atol=tol * max(1.0, theirs.abs().max().item()), rtol=0)
+    assert fused[2].dtype == torch.float32  # the weight's own dtype, not the autocast dtype
+
+
+def test_fused_loss_forms_only_the_gradients_asked_for():
+    gen = torch.Generator().manual_seed(2)
+    plain, _ = heads()
+    hidden = torch.randn(1, 9, 32, generator=gen, requires_grad=True)
+    labels = torch.randint(0, 300, (1, 9), generator=gen)
+    plain.weight.requires_grad_(False)  # a frozen head (adapters elsewhere)
+    loss_sum, _ = chunked_cross_entropy(hidden, plain, labels, chunk_size=4)
+    loss_sum.backward()
+    assert plain.weight.grad is None and hidden.grad is not None
+    with torch.no_grad():
+        again, _ = chunked_cross_entropy(hidden, plain, labels, chunk_size=4)
+    assert again.grad_fn is None and torch.equal(again, loss_sum.detach())
