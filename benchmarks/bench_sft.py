@@ -1,9 +1,9 @@
 """SFT trainer throughput and peak memory on CPU, against the bare model's forward+backward.
 
 Each configuration runs in its own process (so peak RSS is its own): a few optimizer steps of
-``SFTTrainer`` on random token rows of ``ctx_len`` tokens, timed from the trainer's own tokens/s after
-the first step; then the bare model (same dtype handling, same batch, chunked loss) forward+backward
-without optimizer, data or checkpoints. MFU counts 6 FLOPs per matmul weight per token (head included).
+``SFTTrainer`` on random token rows of ``ctx_len`` tokens, the median of the trainer's own per-step
+tokens/s after the first step; then the bare model (same dtype handling, same batch, chunked loss)
+forward+backward without optimizer, data or checkpoints, the median step after a warm-up. MFU counts 6 FLOPs per matmul weight per token (head included).
 
     python benchmarks/bench_sft.py                       # both shapes, fp32 and bf16, grad_cp on and off
     python benchmarks/bench_sft.py --shapes L4-C256 --steps 4
@@ -26,7 +26,7 @@ from rwkvtune.config import RWKV7Config, get_preset
 SHAPES = {"L4-C256": (4, 256), "rwkv7-0.1b": (12, 768)}
 
 ONE_RUN = r"""
-import json, sys, time, tempfile
+import json, statistics, sys, time, tempfile
 import torch
 torch.set_num_threads(int(sys.argv[6]))
 from rwkvtune.config import RWKV7Config, get_preset
@@ -45,7 +45,7 @@ args = SFTConfig(ctx_len=ctx, micro_bsz=micro, epoch_count=1, precision=precisio
                  logging_steps=1, warmup_steps=1, output_dir=out, epoch_save=0)
 SFTTrainer(model, args, train_dataset=rows).train()
 records = [json.loads(l) for l in open(out + "/metrics.jsonl")]
-trainer_tps = sum(r["tokens_per_s"] for r in records[1:]) / len(records[1:])
+trainer_tps = statistics.median(r["tokens_per_s"] for r in records[1:])
 
 ids = torch.randint(1, 65536, (micro, ctx))
 model.train()
@@ -58,7 +58,7 @@ for i in range(steps + 1):
     model.zero_grad(set_to_none=True)
     if i:
         times.append(time.perf_counter() - t)
-bare_tps = micro * ctx / (sum(times) / len(times))
+bare_tps = micro * ctx / statistics.median(times)
 peak_kib = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
 print(json.dumps({"trainer_tps": trainer_tps, "bare_tps": bare_tps, "peak_gib": peak_kib / 2**20}))
 """

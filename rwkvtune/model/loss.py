@@ -108,6 +108,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_total):  # type: ignore[override]
+        # Not in place: with retain_graph the saved gradients serve a second backward.
         saved = list(ctx.saved_tensors)
         want_hidden, want_weight = ctx.needs_input_grad[:2]
         grad_hidden = saved.pop(0) * grad_total if want_hidden else None

@@ -133,3 +133,16 @@ def test_fused_loss_forms_only_the_gradients_asked_for():
     with torch.no_grad():
         again, _ = chunked_cross_entropy(hidden, plain, labels, chunk_size=4)
     assert again.grad_fn is None and torch.equal(again, loss_sum.detach())
+
+
+def test_fused_loss_backward_twice_with_retained_graph():
+    gen = torch.Generator().manual_seed(3)
+    plain, _ = heads()
+    hidden = torch.randn(1, 7, 32, generator=gen, requires_grad=True)
+    labels = torch.randint(0, 300, (1, 7), generator=gen)
+    loss_sum, _ = chunked_cross_entropy(hidden, plain, labels, chunk_size=4)
+    (2 * loss_sum).backward(retain_graph=True)
+    first = plain.weight.grad.clone()
+    plain.weight.grad = None
+    (2 * loss_sum).backward()
+    torch.testing.assert_close(plain.weight.grad, first, atol=0, rtol=0)
