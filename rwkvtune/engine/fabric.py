@@ -62,23 +62,25 @@ def accumulating(fabric, model, *, last: bool) -> Iterator[None]:
             yield
 
 
-def full_state_dict(fabric, module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """``module``'s state dict with every parameter whole and at master precision, on the CPU.
+def full_state_dict(fabric, module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """``module``'s state dict on the CPU, every parameter whole and at master precision, on global rank 0.
 
-    Call on every process: under DeepSpeed it gathers. ZeRO-3 keeps only a shard of each parameter in the
-    module, and DeepSpeed's bf16/fp16 modes keep the module in 16 bits with the fp32 master weights in
-    the optimizer; both would otherwise save the wrong tensors.
+    Call on every process: under DeepSpeed the other processes take part in gathering each parameter
+    (ZeRO-3 keeps only a shard of it in the module; DeepSpeed's bf16/fp16 modes keep a 16-bit module with
+    the fp32 masters in the optimizer) and get ``None``, as they do without DeepSpeed. Each gathered
+    parameter moves to the CPU at once, so the whole model is never gathered on a device, and only rank
+    0 ends up with a copy in host memory.
     """
-    state = module.state_dict()
-    if not uses_deepspeed(fabric):
-        return {name: tensor.detach().cpu() for name, tensor in state.items()}
-    from deepspeed.utils import safe_get_full_fp32_param
+    keep = fabric.is_global_zero
+    state = module.state_dict() if keep or uses_deepspeed(fabric) else {}
+    if uses_deepspeed(fabric):
+        from deepspeed.utils import safe_get_full_fp32_param
 
-    for name, param in module.named_parameters():
-        if name in state:
-            master = safe_get_full_fp32_param(param)  # None: DeepSpeed keeps no separate master copy
-            state[name] = master if master is not None else param
-    return {name: tensor.detach().cpu() for name, tensor in state.items()}
+        for name, param in module.named_parameters():
+            if name in state:
+                master = safe_get_full_fp32_param(param)  # None: DeepSpeed keeps no separate master copy
+                state[name] = (master if master is not None else param).detach().cpu() if keep else None
+    return {name: tensor.detach().cpu() for name, tensor in state.items()} if keep else None
 
 
 def uses_deepspeed(fabric) -> bool:

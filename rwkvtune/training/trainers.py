@@ -91,8 +91,8 @@ class _Trainer:
         finally:
             if metrics is not None:
                 metrics.close()
-        weights = full_state_dict(fabric, self.model)  # every process: DeepSpeed gathers here
-        if fabric.is_global_zero:
+        weights = full_state_dict(fabric, self.model)  # every process: DeepSpeed gathers here; rank 0 keeps it
+        if weights is not None:
             self._save_final(output_dir / FINAL_DIR, {name: tensor.to(original_dtype) if tensor.is_floating_point()
                                                       else tensor for name, tensor in weights.items()})
         fabric.barrier()
