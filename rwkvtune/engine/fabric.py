@@ -40,6 +40,10 @@ def make_strategy(config: TrainConfig):
 
         deepspeed = STRATEGY_REGISTRY.get(strategy)
         deepspeed.config["gradient_clipping"] = config.grad_clip
+        if strategy.endswith("_offload"):
+            # Offloading wants DeepSpeed's own CPU Adam unless told otherwise; torch's fused CPU AdamW (what
+            # build_optimizer makes) runs the offloaded step as fast and with RWKV-LM's parameter groups.
+            deepspeed.config["zero_force_ds_cpu_optimizer"] = False
         return deepspeed
     return strategy
 
@@ -74,12 +78,18 @@ def full_state_dict(fabric, module: torch.nn.Module) -> dict[str, torch.Tensor] 
     keep = fabric.is_global_zero
     state = module.state_dict() if keep or uses_deepspeed(fabric) else {}
     if uses_deepspeed(fabric):
+        import deepspeed
         from deepspeed.utils import safe_get_full_fp32_param
 
         for name, param in module.named_parameters():
-            if name in state:
-                master = safe_get_full_fp32_param(param)  # None: DeepSpeed keeps no separate master copy
-                state[name] = (master if master is not None else param).detach().cpu() if keep else None
+            if name not in state:
+                continue
+            master = safe_get_full_fp32_param(param)  # None for a frozen parameter: it has no master copy
+            if master is not None:
+                state[name] = master.detach().cpu() if keep else None
+            elif hasattr(param, "ds_id"):  # frozen under ZeRO-3: the module holds a shard; gather it
+                with deepspeed.zero.GatheredParameters([param]):
+                    state[name] = param.detach().cpu() if keep else None
     return {name: tensor.detach().cpu() for name, tensor in state.items()} if keep else None
 
 

@@ -32,9 +32,10 @@ _HEAD_GROUPS, _HEAD_MAX_ROWS = 64, 32
 class FormChooser:
     """Decides, by timing both on the real weight, whether the grouped form beats ``F.linear``.
 
-    One decision per ``(weight shape, dtype, groups, rows rounded up to a power of two)``, made the first
-    time that case is seen (a few calls of each form, interleaved, best of each) and kept for the process:
-    repeated generations take the same path and give the same numbers.
+    One decision per ``(weight shape, dtype, groups, rows rounded up to a power of two, torch threads)``,
+    made the first time that case is seen (a few calls of each form, interleaved, best of each) and kept
+    for the process: repeated generations in a process take the same path and give the same numbers.
+    Another process may time the other form faster, which changes logits only by float rounding.
     """
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter, trials: int = 3):
@@ -45,7 +46,7 @@ class FormChooser:
     def use_grouped(self, weight: torch.Tensor, x: torch.Tensor, groups: int) -> bool:
         """Whether ``_grouped_matmul(weight, x, groups)`` is the faster way to compute ``x @ weight^T``."""
         rows = 1 << (x.shape[0] - 1).bit_length()
-        key = (tuple(weight.shape), weight.dtype, groups, rows)
+        key = (tuple(weight.shape), weight.dtype, groups, rows, torch.get_num_threads())
         decision = self._grouped.get(key)
         if decision is None:
             probe = x.new_zeros(rows, x.shape[1])

@@ -37,8 +37,14 @@ def make_step_fn(model: nn.Module) -> StepFn:
     """The fastest correct step for ``model``: :class:`RWKV7Decoder` for an ``RWKV7``, else ``model.step``.
 
     A wrapper with ``get_base_model()`` (HF peft's ``PeftModel``) is looked through: its base is the
-    ``RWKV7`` with the adapter layers put in place, so the decoder runs them as modules.
+    ``RWKV7`` with the adapter layers put in place, so the decoder runs them as modules. Prompt and
+    prefix tuning keep their virtual tokens in the wrapper's ``forward`` instead, which an RNN step
+    cannot see: those are refused rather than silently ignored.
     """
+    peft_config = getattr(model, "active_peft_config", None)
+    if getattr(peft_config, "is_prompt_learning", False):
+        raise ValueError(f"generation does not support peft {type(peft_config).__name__} (prompt/prefix tuning "
+                         "adds virtual tokens in PeftModel.forward); use LoRA-style adapters")
     base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
     if isinstance(base, RWKV7):
         return RWKV7Decoder(base)

@@ -58,7 +58,12 @@ class _Trainer:
         self.eval_dataset = eval_dataset
 
     def train(self) -> dict[str, float]:
-        """Train, save ``<output_dir>/final`` (a hub directory) and return the last logged metrics."""
+        """Train, save ``<output_dir>/final`` (a hub directory) and return the last logged metrics.
+
+        The model given is trained in place. Under a DeepSpeed strategy the engine keeps it (a 16-bit
+        copy, or ZeRO-3 shards) and it is not usable afterwards: load ``final`` with
+        ``AutoModel.from_pretrained``.
+        """
         config = self.args
         output_dir = Path(config.output_dir)
         resume = resolve_resume(output_dir, config.resume_from_checkpoint) if config.resume_from_checkpoint else None

@@ -98,3 +98,15 @@ def test_generating_between_forward_and_backward_changes_no_gradient():
     assert without.keys() == with_generation.keys() and all("lora_" in name for name in without)
     for name in without:
         torch.testing.assert_close(with_generation[name], without[name], atol=0, rtol=0)
+
+
+def test_prompt_tuning_is_refused_not_ignored():
+    class PromptTuned(torch.nn.Module):  # what a PeftModel with prompt tuning exposes (peft cannot wrap
+        active_peft_config = peft.PromptTuningConfig(num_virtual_tokens=4)  # RWKV7 that way yet)
+
+        def get_base_model(self):
+            return RWKV7(tiny_config(n_layer=1))
+
+    assert PromptTuned.active_peft_config.is_prompt_learning
+    with pytest.raises(ValueError, match="PromptTuningConfig"):
+        make_step_fn(PromptTuned())

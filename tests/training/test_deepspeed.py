@@ -45,12 +45,16 @@ def deepspeed_on_cpu(monkeypatch):
     os.environ.update(environment)
 
 
-def train(output_dir, strategy: str, **overrides) -> dict:
+def train(output_dir, strategy: str, frozen: tuple[str, ...] = (), vocab: int = 1000, **overrides) -> dict:
     config = SFTConfig(output_dir=str(output_dir), strategy=strategy, **{**COMMON, **overrides})
-    return SFTTrainer(small_model(), config, train_dataset=random_rows(16, seed=3)).train()
+    model = small_model(vocab)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name not in frozen)
+    return SFTTrainer(model, config, train_dataset=random_rows(16, seed=3)).train()
 
 
-@pytest.mark.parametrize("strategy", ["deepspeed_stage_2", "deepspeed_stage_3"])
+@pytest.mark.parametrize("strategy", ["deepspeed_stage_2", "deepspeed_stage_3", "deepspeed_stage_2_offload",
+                                      "deepspeed_stage_3_offload"])
 def test_zero_trains_what_plain_training_trains(strategy, deepspeed_on_cpu, tmp_path):
     train(tmp_path / "plain", "auto")
     train(tmp_path / "zero", strategy)
@@ -94,3 +98,15 @@ def test_bf16_exports_the_fp32_master_weights(deepspeed_on_cpu, tmp_path):
     assert all(w.dtype == torch.float32 for w in weights.values())  # the model came in fp32
     # The 16-bit module copy would round every weight to bf16; the optimizer's fp32 masters do not.
     assert not all(torch.equal(w, w.bfloat16().float()) for w in weights.values())
+
+
+def test_zero3_exports_frozen_parameters_whole(deepspeed_on_cpu, tmp_path):
+    # ZeRO-3 keeps parameters under 1e5 elements whole; a 2000 x 64 embedding is partitioned.
+    frozen = ("emb.weight", "blocks.0.att.key.weight")
+    train(tmp_path / "plain", "auto", frozen=frozen, vocab=2000)
+    train(tmp_path / "zero", "deepspeed_stage_3", frozen=frozen, vocab=2000)
+    w_plain, w_zero, start = _weights(tmp_path / "plain"), _weights(tmp_path / "zero"), small_model(2000).state_dict()
+    for key in w_plain:  # a frozen parameter has no master copy: it is gathered from the module's shards
+        torch.testing.assert_close(w_zero[key], w_plain[key], atol=1e-6, rtol=0)
+    for key in frozen:
+        assert torch.equal(w_zero[key], start[key])
