@@ -3,7 +3,8 @@
 Each configuration runs in its own process (so peak RSS is its own): a few optimizer steps of
 ``SFTTrainer`` on random token rows of ``ctx_len`` tokens, the median of the trainer's own per-step
 tokens/s after the first step; then the bare model (same dtype handling, same batch, chunked loss)
-forward+backward without optimizer, data or checkpoints, the median step after a warm-up. MFU counts 6 FLOPs per matmul weight per token (head included).
+forward+backward without optimizer, data or checkpoints, the median step after a warm-up. MFU counts
+6 FLOPs per matmul weight per token (head included).
 
     python benchmarks/bench_sft.py                       # both shapes, fp32 and bf16, grad_cp on and off
     python benchmarks/bench_sft.py --shapes L4-C256 --steps 4

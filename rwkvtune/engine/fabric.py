@@ -76,20 +76,21 @@ def full_state_dict(fabric, module: torch.nn.Module) -> dict[str, torch.Tensor] 
     0 ends up with a copy in host memory.
     """
     keep = fabric.is_global_zero
-    state = module.state_dict() if keep or uses_deepspeed(fabric) else {}
-    if uses_deepspeed(fabric):
-        import deepspeed
-        from deepspeed.utils import safe_get_full_fp32_param
+    if not uses_deepspeed(fabric):
+        return {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()} if keep else None
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
 
-        for name, param in module.named_parameters():
-            if name not in state:
-                continue
-            master = safe_get_full_fp32_param(param)  # None for a frozen parameter: it has no master copy
-            if master is not None:
-                state[name] = master.detach().cpu() if keep else None
-            elif hasattr(param, "ds_id"):  # frozen under ZeRO-3: the module holds a shard; gather it
-                with deepspeed.zero.GatheredParameters([param]):
-                    state[name] = param.detach().cpu() if keep else None
+    state = module.state_dict()
+    for name, param in module.named_parameters():
+        if name not in state:
+            continue
+        master = safe_get_full_fp32_param(param)  # None for a frozen parameter: it has no master copy
+        if master is not None:
+            state[name] = master.detach().cpu() if keep else None
+        elif hasattr(param, "ds_id"):  # frozen under ZeRO-3: the module holds a shard; gather it
+            with deepspeed.zero.GatheredParameters([param]):
+                state[name] = param.detach().cpu() if keep else None
     return {name: tensor.detach().cpu() for name, tensor in state.items()} if keep else None
 
 

@@ -11,9 +11,8 @@ three matmuls and one pass over the logits per chunk, where autograd with checkp
 matmuls (the recomputed forward) and three passes (log-softmax, its recomputation, its backward); on a
 CPU the bf16 loss of rwkv7-0.1b's 65536-way head over 2048 tokens went from 2.3 s to 1.4 s. The price: the
 head's float32 ``[V, C]`` weight gradient exists from the forward pass on (1 GiB at V = 65536, C = 4096)
-instead of only from the start of backward. Any other head
-(one wrapped by a LoRA adapter, or sharded by ZeRO-3) is called as a module, chunk by chunk under
-activation checkpointing.
+instead of only from the start of backward. Any other head (one wrapped by a LoRA adapter, or sharded by
+ZeRO-3) is called as a module, chunk by chunk under activation checkpointing.
 """
 
 from __future__ import annotations
