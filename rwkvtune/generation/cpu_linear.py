@@ -1,105 +1,174 @@
-"""Linear layers for single-token decoding, around two slow spots of CPU matmuls.
+"""Linear layers for single-token decoding on the CPU, in whichever weight layout decodes fastest.
 
-1. **Few fp32 rows.** How fast ``x @ W^T`` runs for 1-32 rows against a row-major ``[out, in]`` weight
-   depends on the CPU's BLAS path. On an AMD EPYC, MKL ran it as a single-threaded GEMV at ~12 GB/s;
-   written as ``W x^T`` with the weight split into row groups (a view, no copy) it became a batched tall
-   GEMM on all threads: 768x768 0.19 -> 0.09 ms, 3072x768 0.74 -> 0.27 ms, the 65536x768 head
-   15.7 -> 6.8 ms (2 threads, one row). On an Intel Xeon the plain GEMV already streams at ~23 GB/s and
-   the grouped form is 2-4x *slower*. So neither form is hard-wired: :class:`FormChooser` times both once
-   per weight shape, dtype and row bucket, and keeps the faster.
-2. **Large fresh outputs.** glibc maps every allocation above 32 MiB fresh from the kernel, so a new
-   ``[B, 65536]`` fp32 logits tensor (B > 128) is page-faulted while it is written, on every step (the
-   L4-C256 head at B = 256: 155 ms vs 125 ms into a reused buffer).
+How fast ``x @ W^T`` runs for a few rows against an ``nn.Linear`` weight (row-major ``[out, in]``)
+depends on the CPU's BLAS paths, and no layout wins everywhere:
 
-Only plain ``nn.Linear`` layers without bias take these paths; anything else (a LoRA-wrapped layer) is
-called as a module.
+* On an Intel Xeon (AMX), a contiguous ``[in, out]`` copy (``x @ W_t``) beat ``F.linear`` on every
+  fp32 shape: the 65536x256 head 2.7 -> 2.0 ms with the weight out of cache, 256x256 5.5 -> 3.7 us in
+  cache. A bf16 product of one row ran 2-3x slower than the same product on an fp32 copy (256x256:
+  24 us vs 9 us), while from 8 rows on bf16 won (AMX).
+* On an AMD EPYC, MKL ran the fp32 one-row product as a single-threaded GEMV at ~12 GB/s; as ``W x^T``
+  with the weight split into row groups (a view, no copy) it became a batched GEMM on all threads: the
+  65536x768 head 15.7 -> 6.8 ms. On the Xeon that grouped form is 2-4x *slower*.
+
+Timing one product at a time misleads: in a decode step the head streams tens of MB and pushes the
+block weights out of cache, which single timings (with the weight in cache) do not see. So the decoder
+times whole steps, one :class:`Form` for every plain layer, and :class:`FormChooser` keeps the fastest
+per model shape and row bucket. :class:`DecodeLinears` applies one form and keeps the weight copies it
+needs for as long as it lives (one ``generate`` call), so weights trained between calls are read
+afresh; while it lives, a copied layer takes its weight's memory twice.
+
+The head also writes into a reused buffer: glibc maps every allocation above 32 MiB fresh from the
+kernel, so a new ``[B, 65536]`` fp32 logits tensor (B > 128) is page-faulted while it is written, on
+every step (the L4-C256 head at B = 256: 155 ms vs 125 ms into a reused buffer).
+
+Only plain ``nn.Linear`` layers without bias on the CPU take these paths; anything else (a LoRA-wrapped
+layer, a CUDA tensor) is called as a module.
 """
 
 from __future__ import annotations
 
+import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Row groups and the most rows for which the grouped form is considered, for block layers and for the head.
+
+class Form(enum.Enum):
+    """A way to compute ``x @ W^T`` for a plain linear layer."""
+
+    PLAIN = "plain"  # F.linear on the weight itself
+    TRANSPOSED = "transposed"  # x @ W_t, W_t a contiguous [in, out] copy in the weight's dtype
+    FLOAT_TRANSPOSED = "float_transposed"  # the same on a float32 copy of a 16-bit weight
+    GROUPED = "grouped"  # W x^T in row groups (a view of the weight), float32 only
+
+
+#: Most rows for which any form but the plain one is tried (above it the products are GEMMs).
+_MAX_TUNED_ROWS = 32
+#: Most rows for which a float32 copy of a 16-bit weight is tried (16-bit products win above it).
+_FLOAT_MAX_ROWS = 16
+#: Row groups, and the most rows for which the grouped form is used, for block layers and for the head.
 _LAYER_GROUPS, _LAYER_MAX_ROWS = 8, 4
 _HEAD_GROUPS, _HEAD_MAX_ROWS = 64, 32
 
 
-class FormChooser:
-    """Decides, by timing both on the real weight, whether the grouped form beats ``F.linear``.
+def candidate_forms(dtype: torch.dtype, device: torch.device, rows: int) -> list[Form]:
+    """The forms worth timing for ``rows`` rows of a model in ``dtype`` on ``device``, plain first."""
+    if device.type != "cpu" or rows > _MAX_TUNED_ROWS:
+        return [Form.PLAIN]
+    if dtype == torch.float32:
+        return [Form.PLAIN, Form.TRANSPOSED, Form.GROUPED]
+    forms = [Form.PLAIN, Form.TRANSPOSED]
+    if dtype in (torch.bfloat16, torch.float16) and rows <= _FLOAT_MAX_ROWS:
+        forms.append(Form.FLOAT_TRANSPOSED)
+    return forms
 
-    One decision per ``(weight shape, dtype, groups, rows rounded up to a power of two, torch threads)``,
-    made the first time that case is seen (a few calls of each form, interleaved, best of each) and kept
-    for the process: repeated generations in a process take the same path and give the same numbers.
-    Another process may time the other form faster, which changes logits only by float rounding.
+
+class FormChooser:
+    """Times the candidate forms of a decode step and keeps the fastest, once per key.
+
+    ``key`` names the case (model shape, dtype, row bucket, threads); the decision is kept for the process,
+    so repeated generations take the same path and give the same numbers. Another process may time
+    another form faster, which changes logits only by float rounding.
     """
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter, trials: int = 3):
         self._clock = clock
         self._trials = trials
-        self._grouped: dict[tuple, bool] = {}
+        self._chosen: dict[Hashable, Form] = {}
 
-    def use_grouped(self, weight: torch.Tensor, x: torch.Tensor, groups: int) -> bool:
-        """Whether ``_grouped_matmul(weight, x, groups)`` is the faster way to compute ``x @ weight^T``."""
-        rows = 1 << (x.shape[0] - 1).bit_length()
-        key = (tuple(weight.shape), weight.dtype, groups, rows, torch.get_num_threads())
-        decision = self._grouped.get(key)
-        if decision is None:
-            probe = x.new_zeros(rows, x.shape[1])
-            plain_best = grouped_best = float("inf")
-            for _ in range(self._trials):
-                plain_best = min(plain_best, self._time(lambda: F.linear(probe, weight)))
-                grouped_best = min(grouped_best, self._time(lambda: _grouped_matmul(weight, probe, groups)))
-            decision = self._grouped[key] = grouped_best < plain_best
-        return decision
+    def get(self, key: Hashable) -> Form | None:
+        return self._chosen.get(key)
 
-    def _time(self, run: Callable[[], torch.Tensor]) -> float:
-        start = self._clock()
-        run()
-        return self._clock() - start
+    def choose(self, key: Hashable, forms: Sequence[Form], run: Callable[[Form], object]) -> Form:
+        """The form for which ``run(form)`` is fastest. Each of ``trials`` rounds runs every form twice in a
+        row and times the second run: a decode step runs after a step of the same form, with that form's
+        weights (and not another's copies) in cache. Best of the rounds, per form."""
+        best = dict.fromkeys(forms, float("inf"))
+        for _ in range(self._trials):
+            for form in forms:
+                run(form)
+                start = self._clock()
+                run(form)
+                best[form] = min(best[form], self._clock() - start)
+        chosen = self._chosen[key] = min(forms, key=best.__getitem__)
+        return chosen
 
 
-_CHOOSER = FormChooser()
+class DecodeLinears:
+    """The plain linear layers of one decoder, multiplied in one form.
 
-
-def decode_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)`` for ``x`` ``[B, in]`` -> ``[B, out]``."""
-    if _groupable(layer, x, _LAYER_GROUPS, _LAYER_MAX_ROWS) and _CHOOSER.use_grouped(layer.weight, x, _LAYER_GROUPS):
-        return _grouped_matmul(layer.weight, x, _LAYER_GROUPS)
-    return layer(x)
-
-
-class HeadProjection:
-    """The LM head for decoding: ``head(x)`` ``[B, C]`` -> ``[B, V]``, written into a reused buffer.
-
-    The result is a view of the buffer, valid until the next call.
+    Keeps the weight copies the form needs (made at first use) and the head's output buffer for as long
+    as this object lives; make a new one when the weights may have changed.
     """
 
-    def __init__(self) -> None:
-        self._buffer = torch.empty(0)  # [B_max, V]
+    def __init__(self, form: Form):
+        self.form = form
+        self._copies: dict[Hashable, torch.Tensor] = {}  # id(weight), or ids of stacked weights -> copy
+        self._head_buffer = torch.empty(0)  # [B_max, V]
 
-    def __call__(self, head: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if _groupable(head, x, _HEAD_GROUPS, _HEAD_MAX_ROWS) and _CHOOSER.use_grouped(head.weight, x, _HEAD_GROUPS):
-            return _grouped_matmul(head.weight, x, _HEAD_GROUPS)
-        if type(head) is not nn.Linear or head.bias is not None:
-            return head(x)
-        weight = head.weight
-        batch, vocab = x.shape[0], weight.shape[0]
-        buffer = self._buffer
-        if (buffer.shape[0] < batch or buffer.shape[1:] != (vocab,) or buffer.dtype != x.dtype
-                or buffer.device != x.device):
-            buffer = self._buffer = torch.empty(batch, vocab, dtype=x.dtype, device=x.device)
-        return torch.mm(x, weight.t(), out=buffer[:batch])
+    def linear(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``layer(x)`` for ``x`` ``[B, in]`` -> ``[B, out]``."""
+        if not _is_plain_cpu_linear(layer, x):
+            return layer(x)
+        return self._product(layer.weight, x, _LAYER_GROUPS, _LAYER_MAX_ROWS)
+
+    def stacked(self, layers: Sequence[nn.Module], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``layers[i](x[i])`` for ``x`` ``[n, B, in]`` -> ``n`` tensors ``[B, out]``: one batched product on
+        a stacked copy of the weights in the transposed forms, when all layers are plain and alike."""
+        if (self.form in (Form.TRANSPOSED, Form.FLOAT_TRANSPOSED) and x.device.type == "cpu"
+                and all(_is_plain_cpu_linear(layer, x) for layer in layers)
+                and len({layer.weight.shape for layer in layers}) == 1):
+            key = tuple(id(layer.weight) for layer in layers)
+            copy = self._copies.get(key)
+            if copy is None:
+                copy = self._copies[key] = torch.stack([self._transposed(layer.weight) for layer in layers])
+            if self.form is Form.FLOAT_TRANSPOSED:
+                return torch.bmm(x.float(), copy).to(x.dtype).unbind(0)
+            return torch.bmm(x, copy).unbind(0)
+        return tuple(self.linear(layer, rows) for layer, rows in zip(layers, x))
+
+    def head(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The LM head ``layer(x)``: ``[B, C]`` -> ``[B, V]``, a view of a buffer valid until the next call."""
+        if not _is_plain_cpu_linear(layer, x):
+            return layer(x)
+        if self.form is not Form.PLAIN and self.form is not Form.TRANSPOSED:
+            return self._product(layer.weight, x, _HEAD_GROUPS, _HEAD_MAX_ROWS)
+        batch, vocab = x.shape[0], layer.weight.shape[0]
+        buffer = self._head_buffer
+        if buffer.shape[0] < batch or buffer.shape[1:] != (vocab,) or buffer.dtype != x.dtype:
+            buffer = self._head_buffer = torch.empty(batch, vocab, dtype=x.dtype)
+        weight = self._copy(layer.weight) if self.form is Form.TRANSPOSED else layer.weight.t()
+        return torch.mm(x, weight, out=buffer[:batch])
+
+    def _product(self, weight: torch.Tensor, x: torch.Tensor, groups: int, max_grouped_rows: int) -> torch.Tensor:
+        form = self.form
+        if form is Form.TRANSPOSED:
+            return torch.mm(x, self._copy(weight))
+        if form is Form.FLOAT_TRANSPOSED:
+            return torch.mm(x.float(), self._copy(weight)).to(x.dtype)
+        if (form is Form.GROUPED and x.shape[0] <= max_grouped_rows and weight.shape[0] % groups == 0
+                and weight.is_contiguous()):
+            return _grouped_matmul(weight, x, groups)
+        return F.linear(x, weight)
+
+    def _copy(self, weight: torch.Tensor) -> torch.Tensor:
+        copy = self._copies.get(id(weight))
+        if copy is None:
+            copy = self._copies[id(weight)] = self._transposed(weight)
+        return copy
+
+    def _transposed(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` ``[out, in]`` as a contiguous ``[in, out]`` copy, in float32 for ``FLOAT_TRANSPOSED``."""
+        return (weight.float() if self.form is Form.FLOAT_TRANSPOSED else weight).t().contiguous()
 
 
-def _groupable(layer: nn.Module, x: torch.Tensor, groups: int, max_rows: int) -> bool:
-    return (type(layer) is nn.Linear and layer.bias is None and x.dtype == torch.float32
-            and x.device.type == "cpu" and x.shape[0] <= max_rows and layer.weight.dtype == torch.float32
-            and layer.weight.shape[0] % groups == 0 and layer.weight.is_contiguous())
+def _is_plain_cpu_linear(layer: nn.Module, x: torch.Tensor) -> bool:
+    return (type(layer) is nn.Linear and layer.bias is None and x.device.type == "cpu"
+            and layer.weight.dtype == x.dtype)
 
 
 def _grouped_matmul(weight: torch.Tensor, x: torch.Tensor, groups: int) -> torch.Tensor:

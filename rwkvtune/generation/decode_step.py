@@ -18,12 +18,13 @@ into the stacked state.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rwkvtune.generation.cpu_linear import HeadProjection, decode_linear
+from rwkvtune.generation.cpu_linear import DecodeLinears, Form, FormChooser, candidate_forms
 from rwkvtune.model import RWKV7, RWKVState
 
 #: ``log(decay) = -exp(-0.5) * sigmoid(w)`` (spec 2.3 step 5), as in the model.
@@ -31,6 +32,8 @@ _LOG_DECAY_SCALE = -0.6065306597126334
 _KEY_NORM_EPS = 1e-12
 
 StepFn = Callable[[torch.Tensor, RWKVState], tuple[torch.Tensor, RWKVState]]
+
+_CHOOSER = FormChooser()
 
 
 def make_step_fn(model: nn.Module) -> StepFn:
@@ -51,59 +54,125 @@ def make_step_fn(model: nn.Module) -> StepFn:
     return model.step
 
 
+@dataclass(frozen=True)
+class _TimeMixConstants:
+    """A layer's time-mix parameters rearranged for batched decoding (copies, made once per decoder)."""
+
+    mixes: torch.Tensor  # [6, 1, C]: x_r, x_k, x_v, x_w, x_a, x_g
+    lora_in: torch.Tensor  # [4, C, D]: v1, w1, a1, g1, zero-padded to the widest
+    lora_out: torch.Tensor  # [4, D, C]: v2, w2, a2, g2, zero-padded to the widest
+    lora_bias: torch.Tensor  # [4, 1, C]: v0, w0, a0, 0
+    k_k: torch.Tensor  # [C]
+    k_a: torch.Tensor  # [C]
+    one_minus_k_a: torch.Tensor  # [C]
+    r_k: torch.Tensor  # [H, N]
+
+    @classmethod
+    def of(cls, att: nn.Module) -> _TimeMixConstants:
+        c = att.x_r.shape[-1]
+        firsts, seconds = (att.v1, att.w1, att.a1, att.g1), (att.v2, att.w2, att.a2, att.g2)
+        width = max(t.shape[1] for t in firsts)
+        lora_in = firsts[0].new_zeros(4, c, width)
+        lora_out = firsts[0].new_zeros(4, width, c)
+        for i, (first, second) in enumerate(zip(firsts, seconds)):
+            lora_in[i, :, : first.shape[1]] = first
+            lora_out[i, : second.shape[0]] = second
+        k_a = att.k_a.detach().reshape(c).clone()
+        return cls(
+            mixes=torch.cat([m.detach() for m in (att.x_r, att.x_k, att.x_v, att.x_w, att.x_a, att.x_g)]),
+            lora_in=lora_in, lora_out=lora_out,
+            lora_bias=torch.cat([att.v0.detach(), att.w0.detach(), att.a0.detach(), torch.zeros_like(att.a0)]),
+            k_k=att.k_k.detach().reshape(c).clone(), k_a=k_a, one_minus_k_a=1 - k_a, r_k=att.r_k.detach().clone(),
+        )
+
+
 class RWKV7Decoder:
     """Single-token decoding of an ``RWKV7`` that updates the given state in place.
 
-    Call under ``torch.no_grad()``. The parameters are read at each call, so a model trained between
-    generations needs no new decoder. The returned logits live in a buffer that the next call overwrites.
+    Call under ``torch.no_grad()``, with weights that do not change while it lives: it may keep copies
+    of them in a faster layout (``cpu_linear``), so make a new decoder for each generation. The returned
+    logits live in a buffer that the next call overwrites.
     """
 
-    def __init__(self, model: RWKV7):
+    def __init__(self, model: RWKV7, chooser: FormChooser | None = None):
         self.model = model
         config = model.config
         self.n_head, self.head_size = config.n_head, config.head_size
-        self._head = HeadProjection()
+        self._chooser = chooser if chooser is not None else _CHOOSER
+        # What the fastest form depends on: the shapes, dtype and device of the weights, and which
+        # layers are plain (a LoRA-wrapped layer is called as a module in every form).
+        self._shape_key = (type(model).__name__, config.n_layer, config.n_embd, config.dim_ffn,
+                           config.vocab_size, model.head.weight.dtype, model.head.weight.device.type,
+                           tuple(type(m) is nn.Linear for m in model.modules() if isinstance(m, nn.Linear)))
+        self._linears: dict[Form, DecodeLinears] = {}
+        self._time_mix_constants: dict[int, _TimeMixConstants] = {}
 
     def __call__(self, token_ids: torch.Tensor, state: RWKVState) -> tuple[torch.Tensor, RWKVState]:
         """``token_ids`` ``[B]`` -> ``(logits [B, V], state)``; ``state`` (``[L, B, ...]``) is updated in place."""
+        return self._step(token_ids, state, self._linears_for(token_ids, state))
+
+    def _linears_for(self, token_ids: torch.Tensor, state: RWKVState) -> DecodeLinears:
+        """The layers in the fastest form for this many rows: timed on whole steps of a scratch state the
+        first time a row bucket is seen in the process (the losing forms' weight copies are dropped)."""
+        weight = self.model.head.weight
+        rows = token_ids.shape[0]
+        forms = candidate_forms(weight.dtype, weight.device, rows)
+        key = (self._shape_key, 1 << (rows - 1).bit_length(), torch.get_num_threads())
+        form = forms[0] if len(forms) == 1 else self._chooser.get(key)
+        if form is None:
+            scratch = state.clone()
+            form = self._chooser.choose(key, forms, lambda f: self._step(token_ids, scratch, self._in_form(f)))
+            self._linears = {f: linears for f, linears in self._linears.items() if f is form}
+        return self._in_form(form)
+
+    def _in_form(self, form: Form) -> DecodeLinears:
+        linears = self._linears.get(form)
+        if linears is None:
+            linears = self._linears[form] = DecodeLinears(form)
+        return linears
+
+    def _step(self, token_ids: torch.Tensor, state: RWKVState,
+              linears: DecodeLinears) -> tuple[torch.Tensor, RWKVState]:
         model = self.model
         x = model.emb(token_ids)  # [B, C]
         v_first = None
         for i, block in enumerate(model.blocks):
             if i == 0:
                 x = block.ln0(x)
-            out, v_first = self._time_mix(block.att, block.ln1(x), state, i, v_first)
+            out, v_first = self._time_mix(block.att, block.ln1(x), state, i, v_first, linears)
             x = x + out
-            x = x + self._channel_mix(block.ffn, block.ln2(x), state.ffn_shift[i])
-        return self._head(model.head, model.ln_out(x)), state
+            x = x + self._channel_mix(block.ffn, block.ln2(x), state.ffn_shift[i], linears)
+        return linears.head(model.head, model.ln_out(x)), state
 
     def _time_mix(self, att: nn.Module, x: torch.Tensor, state: RWKVState, layer: int,
-                  v_first: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                  v_first: torch.Tensor | None, linears: DecodeLinears) -> tuple[torch.Tensor, torch.Tensor]:
         """x: ``[B, C]`` (LN1 output) -> ``(out [B, C], v_first [B, C])``; updates the layer's state."""
         batch, c = x.shape
         h, n = self.n_head, self.head_size
+        const = self._constants(att, layer)
         shift = state.att_shift[layer]
         delta = shift - x
         shift.copy_(x)
-        mixes = torch.cat((att.x_r, att.x_w, att.x_k, att.x_v, att.x_a, att.x_g))  # [6, 1, C]
-        xr, xw, xk, xv, xa, xg = torch.addcmul(x, delta, mixes).unbind(0)  # six [B, C] in one op
-        r = decode_linear(att.receptance, xr)
-        w = torch.addmm(att.w0.view(c), torch.tanh(xw @ att.w1), att.w2)
-        k = decode_linear(att.key, xk)
-        v = decode_linear(att.value, xv)
-        iclr = torch.sigmoid(torch.addmm(att.a0.view(c), xa @ att.a1, att.a2))
-        g = torch.sigmoid(xg @ att.g1) @ att.g2
+        mixed = torch.addcmul(x, delta, const.mixes)  # [6, B, C]: inputs of r, k, v, w, a, g
+        r, k, v = linears.stacked((att.receptance, att.key, att.value), mixed[:3])
+        # The four low-rank MLPs (value residual, decay, in-context rate, gate) as two batched products.
+        low = torch.bmm(mixed[2:], const.lora_in)  # [4, B, D]
+        low[1].tanh_()
+        low[3].sigmoid_()
+        low = torch.baddbmm(const.lora_bias, low, const.lora_out)  # [4, B, C]
+        low[0::2].sigmoid_()
+        value_gate, w, iclr, g = low.unbind(0)
 
-        kk = F.normalize((k * att.k_k.view(c)).view(batch, h, n), dim=-1, p=2.0, eps=_KEY_NORM_EPS)
-        k = k * (1 + (iclr - 1) * att.k_a.view(c))
+        kk = F.normalize((k * const.k_k).view(batch, h, n), dim=-1, p=2.0, eps=_KEY_NORM_EPS)
+        k = k * torch.addcmul(const.one_minus_k_a, iclr, const.k_a)  # k * (1 + (iclr - 1) * k_a)
         if layer == 0:
             v_first = v
         else:
-            v = torch.lerp(v, v_first, torch.sigmoid(torch.addmm(att.v0.view(c), xv @ att.v1, att.v2)))
+            v = torch.lerp(v, v_first, value_gate)
 
         # WKV in float32 on [B*H, N] vectors (the model upcasts the same way).
         heads = (batch * h, n)
-        decay = torch.exp(_LOG_DECAY_SCALE * torch.sigmoid(w.float())).view(heads)
+        decay = torch.sigmoid(w.float()).mul_(_LOG_DECAY_SCALE).exp_().view(heads)
         r32, k32, v32 = r.float().view(heads), k.float().view(heads), v.float().view(heads)
         a32 = -kk.float().view(heads)
         b32 = (kk * iclr.view(batch, h, n)).float().view(heads)
@@ -117,14 +186,20 @@ class RWKV7Decoder:
         wkv.baddbmm_(left, right)  # S' = S diag(w) + (S a) b^T + v k^T
 
         y = att.ln_x(y.view(batch, c).to(x.dtype))
-        bonus = (r.view(batch, h, n) * k.view(batch, h, n) * att.r_k).sum(-1, keepdim=True) * v.view(batch, h, n)
-        return decode_linear(att.output, (y + bonus.view(batch, c)) * g), v_first
+        bonus = (r.view(batch, h, n) * k.view(batch, h, n) * const.r_k).sum(-1, keepdim=True) * v.view(batch, h, n)
+        return linears.linear(att.output, (y + bonus.view(batch, c)) * g), v_first
+
+    def _constants(self, att: nn.Module, layer: int) -> _TimeMixConstants:
+        constants = self._time_mix_constants.get(layer)
+        if constants is None:
+            constants = self._time_mix_constants[layer] = _TimeMixConstants.of(att)
+        return constants
 
     @staticmethod
-    def _channel_mix(ffn: nn.Module, x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    def _channel_mix(ffn: nn.Module, x: torch.Tensor, shift: torch.Tensor, linears: DecodeLinears) -> torch.Tensor:
         """x: ``[B, C]`` (LN2 output) -> ``[B, C]``; ``shift`` ``[B, C]`` is updated in place."""
         delta = shift - x
         shift.copy_(x)
-        hidden = torch.relu(decode_linear(ffn.key, torch.addcmul(x, delta, ffn.x_k.view(-1)))).square()
-        return decode_linear(ffn.value, hidden)
+        hidden = torch.relu(linears.linear(ffn.key, torch.addcmul(x, delta, ffn.x_k.view(-1)))).square()
+        return linears.linear(ffn.value, hidden)
 

@@ -99,7 +99,7 @@ class GenerationEngine:
         self.prefill_chunk_size = prefill_chunk_size
         self.max_prefill_batch_size = max_prefill_batch_size
         self.max_decode_batch_size = max_decode_batch_size
-        self._step_fn = make_step_fn(model)
+        make_step_fn(model)  # refuses a model it cannot decode now, not at the first generation
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Completion]:
         """``params.n`` completions per prompt, ordered prompt-major (prompt 0's samples first)."""
@@ -117,6 +117,8 @@ class GenerationEngine:
         ids = self.encode_prompts(prompts)
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
         tokenizer = self.tokenizer if self.tokenizer is not None else default_tokenizer()
+        # A decoder per call: it may keep copies of the weights, which training between calls changes.
+        step_fn = make_step_fn(self.model)
         prefilled: tuple[int, ...] = ()
         for wave in plan_waves(len(ids), params.n, self.max_decode_batch_size):
             if wave.prompts != prefilled:  # a prompt whose samples span several waves is prefilled once
@@ -128,7 +130,7 @@ class GenerationEngine:
             # repeat_interleave copies: the session updates its rows in place while the prefilled state
             # may serve the next wave.
             yield DecodeSession(
-                self._step_fn, state.repeat_interleave(wave.samples),
+                step_fn, state.repeat_interleave(wave.samples),
                 logits.repeat_interleave(wave.samples, dim=0), params=params, tokenizer=tokenizer,
                 prompt_ids=rows, seeds=[completion_seed(seed, p * params.n + s) for p, s, _ in rows])
 

@@ -7,41 +7,39 @@ import torch
 
 from checkpoints import random_state_dict, tiny_config
 from rwkvtune.generation import cpu_linear
-from rwkvtune.generation.cpu_linear import FormChooser, HeadProjection, decode_linear
+from rwkvtune.generation.cpu_linear import DecodeLinears, Form, FormChooser, candidate_forms
 from rwkvtune.generation.decode_step import RWKV7Decoder, make_step_fn
 from rwkvtune.model import RWKV7
 
 
-class FixedChoice:
-    """Stands in for the timing chooser: always (or never) the grouped form."""
+class FixedForm:
+    """Stands in for the timing chooser: always the given form, and records the keys it was asked."""
 
-    def __init__(self, grouped: bool):
-        self.grouped = grouped
+    def __init__(self, form: Form):
+        self.form = form
+        self.chosen = []
 
-    def use_grouped(self, weight, x, groups):
-        return self.grouped
+    def get(self, key):
+        return self.form if any(key == seen for seen, _ in self.chosen) else None
+
+    def choose(self, key, forms, run):
+        self.chosen.append((key, list(forms)))
+        return self.form
 
 
-@pytest.mark.parametrize("dtype,vocab,batch,grouped", [
-    (torch.float32, 1000, 3, True),  # head: module call into the reused buffer (1000 rows do not split in 64)
-    (torch.float32, 1024, 3, True),  # head and block layers: grouped W x^T
-    (torch.float32, 1024, 3, False),  # the same shapes through F.linear
-    (torch.float32, 1024, 40, True),  # too many rows for the grouped forms
-    (torch.bfloat16, 1024, 3, True),
-])
-def test_decoder_equals_model_step(dtype, vocab, batch, grouped, monkeypatch):
-    monkeypatch.setattr(cpu_linear, "_CHOOSER", FixedChoice(grouped))
-    tol = 2e-5 if dtype == torch.float32 else 0.1  # bf16: different rounding order of the same math
+def random_model(dtype: torch.dtype, vocab: int) -> RWKV7:
     config = tiny_config(n_layer=3, vocab_size=vocab)
     model = RWKV7(config)
     model.load_state_dict(random_state_dict(config, seed=4))
-    model = model.to(dtype).eval()
+    return model.to(dtype).eval()
+
+
+def assert_decoder_equals_model_step(model, decoder, batch: int, tol: float):
+    vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         state = model(torch.randint(0, vocab, (batch, 6), generator=gen), return_state=True).state  # non-zero
         ours = state.clone()
-        decoder = make_step_fn(model)
-        assert isinstance(decoder, RWKV7Decoder)
         for _ in range(4):
             tokens = torch.randint(0, vocab, (batch,), generator=gen)
             expected, state = model.step(tokens, state)
@@ -52,24 +50,99 @@ def test_decoder_equals_model_step(dtype, vocab, batch, grouped, monkeypatch):
                 assert (a.float() - b.float()).abs().max().item() <= tol, part
 
 
-@pytest.mark.parametrize("grouped", [True, False])
+@pytest.mark.parametrize("dtype,vocab,batch,form", [
+    (torch.float32, 1000, 3, Form.GROUPED),  # head: F.linear (1000 rows do not split in 64 groups)
+    (torch.float32, 1024, 3, Form.GROUPED),  # head and block layers: grouped W x^T
+    (torch.float32, 1024, 3, Form.TRANSPOSED),  # transposed copies, r/k/v as one batched product
+    (torch.float32, 1024, 3, Form.PLAIN),
+    (torch.float32, 1024, 40, Form.PLAIN),  # above 32 rows only the plain form is a candidate
+    (torch.bfloat16, 1024, 3, Form.FLOAT_TRANSPOSED),  # float32 copies of bf16 weights
+    (torch.bfloat16, 1024, 3, Form.TRANSPOSED),
+    (torch.bfloat16, 1024, 3, Form.PLAIN),
+])
+def test_decoder_equals_model_step(dtype, vocab, batch, form):
+    tol = 2e-5 if dtype == torch.float32 else 0.1  # bf16: different rounding order of the same math
+    model = random_model(dtype, vocab)
+    chooser = FixedForm(form)
+    decoder = RWKV7Decoder(model, chooser)
+    assert make_step_fn(model).__class__ is RWKV7Decoder
+    assert_decoder_equals_model_step(model, decoder, batch, tol)
+    expected_forms = candidate_forms(dtype, torch.device("cpu"), batch)
+    assert [forms for _, forms in chooser.chosen] == ([expected_forms] if len(expected_forms) > 1 else [])
+
+
+def test_decoder_tunes_on_a_scratch_state_once_per_row_bucket():
+    """The real chooser (with a fake clock) times whole steps on a copy of the state: the decoded
+    numbers are still those of ``model.step``, and a second decoder reuses the decision."""
+    clock = FakeClock()
+    timed = []
+
+    def tick():
+        clock.now += 1.0
+        return clock.now
+
+    chooser = FormChooser(clock=tick, trials=2)
+    model = random_model(torch.float32, 1024)
+    original_choose = chooser.choose
+
+    def recording_choose(key, forms, run):
+        timed.append(key)
+        return original_choose(key, forms, run)
+
+    chooser.choose = recording_choose
+    assert_decoder_equals_model_step(model, RWKV7Decoder(model, chooser), 3, 2e-5)
+    assert len(timed) == 1 and timed[0][1] == 4  # 3 rows -> bucket 4, timed at the first step only
+    assert_decoder_equals_model_step(model, RWKV7Decoder(model, chooser), 4, 2e-5)
+    assert len(timed) == 1  # same bucket, new decoder: the decision is kept
+    assert_decoder_equals_model_step(model, RWKV7Decoder(model, chooser), 1, 2e-5)
+    assert len(timed) == 2 and timed[1][1] == 1
+
+
+def test_candidate_forms():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert candidate_forms(torch.float32, cpu, 1) == [Form.PLAIN, Form.TRANSPOSED, Form.GROUPED]
+    assert candidate_forms(torch.bfloat16, cpu, 16) == [Form.PLAIN, Form.TRANSPOSED, Form.FLOAT_TRANSPOSED]
+    assert candidate_forms(torch.bfloat16, cpu, 17) == [Form.PLAIN, Form.TRANSPOSED]
+    assert candidate_forms(torch.float32, cpu, 33) == [Form.PLAIN]
+    assert candidate_forms(torch.float32, cuda, 1) == [Form.PLAIN]
+
+
+@pytest.mark.parametrize("form", list(Form))
 @pytest.mark.parametrize("rows", [1, 4, 5, 33])
-def test_decode_linear_and_head_equal_the_layer(rows, grouped, monkeypatch):
-    monkeypatch.setattr(cpu_linear, "_CHOOSER", FixedChoice(grouped))
+def test_decode_linears_equal_the_layers(rows, form):
     gen = torch.Generator().manual_seed(rows)
-    layer = torch.nn.Linear(64, 128, bias=False)
-    x = torch.randn(rows, 64, generator=gen)
+    layers = [torch.nn.Linear(64, 128, bias=False) for _ in range(3)]
+    x = torch.randn(3, rows, 64, generator=gen)
+    head = torch.nn.Linear(64, 1024, bias=False)
+    linears = DecodeLinears(form)
     with torch.no_grad():
-        torch.testing.assert_close(decode_linear(layer, x), layer(x))
-        torch.testing.assert_close(decode_linear(layer, x.t().contiguous().t()), layer(x))  # strided rows
-        head = torch.nn.Linear(64, 1024, bias=False)
-        projection = HeadProjection()
-        torch.testing.assert_close(projection(head, x), head(x))
-        torch.testing.assert_close(projection(head, x[:1]), head(x[:1]))  # a smaller batch reuses the buffer
+        torch.testing.assert_close(linears.linear(layers[0], x[0]), layers[0](x[0]))
+        torch.testing.assert_close(linears.linear(layers[0], x[0].t().contiguous().t()), layers[0](x[0]))  # strided
+        for got, layer, rows_in in zip(linears.stacked(layers, x), layers, x):
+            torch.testing.assert_close(got, layer(rows_in))
+        torch.testing.assert_close(linears.head(head, x[0]), head(x[0]))
+        torch.testing.assert_close(linears.head(head, x[0, :1]), head(x[0, :1]))  # a smaller batch reuses the buffer
+        bf16 = torch.nn.Linear(64, 128, bias=False).to(torch.bfloat16)
+        x16 = x[0].to(torch.bfloat16)
+        torch.testing.assert_close(linears.linear(bf16, x16).float(), bf16(x16).float(), atol=0.05, rtol=0.02)
+
+
+def test_decode_linears_keep_copies_only_for_their_life():
+    """A copy is made once per weight and reused; a new DecodeLinears sees weights changed in place
+    (also where the change does not bump the version counter, as fused AdamW and .data do)."""
+    layer = torch.nn.Linear(64, 64, bias=False)
+    x = torch.randn(2, 64)
+    with torch.no_grad():
+        linears = DecodeLinears(Form.TRANSPOSED)
+        before = linears.linear(layer, x)
+        assert len(linears._copies) == 1
+        layer.weight.data.mul_(2.0)
+        torch.testing.assert_close(linears.linear(layer, x), before)  # its copy: the weights it started with
+        torch.testing.assert_close(DecodeLinears(Form.TRANSPOSED).linear(layer, x), layer(x))
 
 
 class FakeClock:
-    """A clock that only moves when the fake forms below advance it."""
+    """A clock that only moves when the fake steps below advance it."""
 
     def __init__(self):
         self.now = 0.0
@@ -78,40 +151,23 @@ class FakeClock:
         return self.now
 
 
-def timed_chooser(linear_cost: float, grouped_cost: float, monkeypatch) -> tuple[FormChooser, list]:
-    """A chooser whose two forms 'take' the given times; returns it and the log of timed forms."""
+@pytest.mark.parametrize("costs,expected", [((3.0, 1.0, 2.0), Form.TRANSPOSED), ((1.0, 3.0, 2.0), Form.PLAIN)])
+def test_form_chooser_keeps_the_fastest_form_and_times_the_second_of_two_runs(costs, expected):
     clock = FakeClock()
-    calls = []
+    forms = [Form.PLAIN, Form.TRANSPOSED, Form.GROUPED]
+    runs = []
 
-    def fake_linear(x, weight):
-        calls.append(("linear", x.shape[0]))
-        clock.now += linear_cost
-        return x @ weight.t()
+    def run(form):
+        runs.append(form)
+        first_of_pair = len(runs) % 2 == 1
+        clock.now += 100.0 if first_of_pair else costs[forms.index(form)]  # untimed warm-up runs are slow
 
-    def fake_grouped(weight, x, groups):
-        calls.append(("grouped", x.shape[0]))
-        clock.now += grouped_cost
-        return x @ weight.t()
-
-    monkeypatch.setattr(cpu_linear.F, "linear", fake_linear)
-    monkeypatch.setattr(cpu_linear, "_grouped_matmul", fake_grouped)
-    return FormChooser(clock=clock, trials=2), calls
-
-
-@pytest.mark.parametrize("linear_cost,grouped_cost,expected", [(2.0, 1.0, True), (1.0, 2.0, False)])
-def test_form_chooser_keeps_the_faster_form_and_times_each_case_once(linear_cost, grouped_cost, expected,
-                                                                     monkeypatch):
-    chooser, calls = timed_chooser(linear_cost, grouped_cost, monkeypatch)
-    weight = torch.zeros(128, 64)
-    assert chooser.use_grouped(weight, torch.zeros(3, 64), 8) is expected
-    assert sorted(calls) == [("grouped", 4), ("grouped", 4), ("linear", 4), ("linear", 4)]  # 3 rows -> bucket 4
-    calls.clear()
-    assert chooser.use_grouped(weight, torch.zeros(4, 64), 8) is expected  # same bucket: no new timing
-    assert chooser.use_grouped(torch.ones(128, 64), torch.zeros(2, 64), 8) is expected  # same shape, other weight
-    assert calls == [("linear", 2), ("grouped", 2), ("linear", 2), ("grouped", 2)]  # only the 2-row bucket
-    calls.clear()
-    chooser.use_grouped(weight.double(), torch.zeros(1, 64, dtype=torch.float64), 8)
-    assert len(calls) == 4  # another dtype is another case
+    chooser = FormChooser(clock=clock, trials=2)
+    assert chooser.get("case") is None
+    assert chooser.choose("case", forms, run) is expected
+    assert runs == [f for _ in range(2) for f in forms for _ in range(2)]  # interleaved, each twice in a row
+    assert chooser.get("case") is expected
+    assert chooser.get("other case") is None
 
 
 def test_grouped_matmul_equals_linear():
@@ -130,8 +186,11 @@ def test_wrapped_layers_are_called_as_modules():
     layer = Wrapped(64, 64, bias=False)
     x = torch.randn(2, 64)
     with torch.no_grad():
-        torch.testing.assert_close(decode_linear(layer, x), layer(x))
-        torch.testing.assert_close(HeadProjection()(layer, x), layer(x))
+        for form in Form:
+            linears = DecodeLinears(form)
+            torch.testing.assert_close(linears.linear(layer, x), layer(x))
+            torch.testing.assert_close(linears.head(layer, x), layer(x))
+            torch.testing.assert_close(linears.stacked([layer, layer], torch.stack([x, x]))[1], layer(x))
 
 
 def test_generic_models_use_their_own_step():

@@ -3,11 +3,13 @@ forward, seeds reproduce, rows are independent of their batch, prefill/decode li
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from generation_fakes import NO_STOP, StepCounter, random_prompts
 from rwkv_oracle import load_reference
-from rwkvtune.generation import SamplingParams, generate, pad_completions
+from rwkvtune.generation import GenerationEngine, SamplingParams, generate, pad_completions
 
 LENGTHS = (7, 1, 19, 4, 19)  # different lengths, one single-token prompt, two of equal length
 
@@ -110,6 +112,24 @@ def test_eval_mode_no_grad_and_training_flag_restored(tiny_model):
     completion = tiny_model.generate([[1, 2, 3]], SamplingParams(max_new_tokens=3, seed=0, **NO_STOP))[0]
     assert tiny_model.training and not completion.logprobs.requires_grad
     tiny_model.eval()
+
+
+def test_an_engine_sees_weights_changed_between_calls(tiny_model):
+    """The decoder may keep transposed copies of the weights; they last one call. A change that does not
+    bump the version counter (``.data``, as fused AdamW writes) must show in the next call."""
+    model = copy.deepcopy(tiny_model)
+    engine = GenerationEngine(model)
+    params = SamplingParams(temperature=0, max_new_tokens=6, **NO_STOP)
+    prompts = random_prompts((5, 3))
+    before = engine.generate(prompts, params)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.data.add_(torch.randn_like(parameter) * 0.5)
+    after = engine.generate(prompts, params)
+    assert [c.token_ids for c in after] != [c.token_ids for c in before]
+    for completion in after:
+        argmax, _ = forward_logprobs(model, completion, 1.0)
+        assert argmax.tolist() == completion.token_ids
 
 
 def test_bf16_model_generates(tiny_checkpoint):
