@@ -108,21 +108,25 @@ class DecodeLinears:
     def __init__(self, form: Form):
         self.form = form
         self._copies: dict[Hashable, torch.Tensor] = {}  # id(weight), or ids of stacked weights -> copy
+        self._plain: dict[Hashable, bool] = {}  # id(layer), or ids of stacked layers -> takes the fast path
         self._head_buffer = torch.empty(0)  # [B_max, V]
 
     def linear(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``layer(x)`` for ``x`` ``[B, in]`` -> ``[B, out]``."""
-        if not _is_plain_cpu_linear(layer, x):
+        if not self._is_plain(layer, x):
             return layer(x)
         return self._product(layer.weight, x, _LAYER_GROUPS, _LAYER_MAX_ROWS)
 
     def stacked(self, layers: Sequence[nn.Module], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``layers[i](x[i])`` for ``x`` ``[n, B, in]`` -> ``n`` tensors ``[B, out]``: one batched product on
         a stacked copy of the weights in the transposed forms, when all layers are plain and alike."""
-        if (self.form in (Form.TRANSPOSED, Form.FLOAT_TRANSPOSED) and x.device.type == "cpu"
-                and all(_is_plain_cpu_linear(layer, x) for layer in layers)
-                and len({layer.weight.shape for layer in layers}) == 1):
-            key = tuple(id(layer.weight) for layer in layers)
+        key = tuple(map(id, layers))
+        stackable = self._plain.get(key)
+        if stackable is None:
+            stackable = self._plain[key] = (self.form in (Form.TRANSPOSED, Form.FLOAT_TRANSPOSED)
+                                            and all(self._is_plain(layer, x) for layer in layers)
+                                            and len({layer.weight.shape for layer in layers}) == 1)
+        if stackable:
             copy = self._copies.get(key)
             if copy is None:
                 copy = self._copies[key] = torch.stack([self._transposed(layer.weight) for layer in layers])
@@ -133,7 +137,7 @@ class DecodeLinears:
 
     def head(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The LM head ``layer(x)``: ``[B, C]`` -> ``[B, V]``, a view of a buffer valid until the next call."""
-        if not _is_plain_cpu_linear(layer, x):
+        if not self._is_plain(layer, x):
             return layer(x)
         if self.form is not Form.PLAIN and self.form is not Form.TRANSPOSED:
             return self._product(layer.weight, x, _HEAD_GROUPS, _HEAD_MAX_ROWS)
@@ -143,6 +147,16 @@ class DecodeLinears:
             buffer = self._head_buffer = torch.empty(batch, vocab, dtype=x.dtype)
         weight = self._copy(layer.weight) if self.form is Form.TRANSPOSED else layer.weight.t()
         return torch.mm(x, weight, out=buffer[:batch])
+
+    def _is_plain(self, layer: nn.Module, x: torch.Tensor) -> bool:
+        """Whether ``layer`` is a plain bias-free ``nn.Linear`` on the CPU in ``x``'s dtype (decided once per
+        layer: a decoder's inputs keep one device and dtype)."""
+        plain = self._plain.get(id(layer))
+        if plain is None:
+            plain = self._plain[id(layer)] = (type(layer) is nn.Linear and layer.bias is None
+                                              and x.device.type == "cpu" and layer.weight.device.type == "cpu"
+                                              and layer.weight.dtype == x.dtype)
+        return plain
 
     def _product(self, weight: torch.Tensor, x: torch.Tensor, groups: int, max_grouped_rows: int) -> torch.Tensor:
         form = self.form
@@ -164,11 +178,6 @@ class DecodeLinears:
     def _transposed(self, weight: torch.Tensor) -> torch.Tensor:
         """``weight`` ``[out, in]`` as a contiguous ``[in, out]`` copy, in float32 for ``FLOAT_TRANSPOSED``."""
         return (weight.float() if self.form is Form.FLOAT_TRANSPOSED else weight).t().contiguous()
-
-
-def _is_plain_cpu_linear(layer: nn.Module, x: torch.Tensor) -> bool:
-    return (type(layer) is nn.Linear and layer.bias is None and x.device.type == "cpu"
-            and layer.weight.dtype == x.dtype)
 
 
 def _grouped_matmul(weight: torch.Tensor, x: torch.Tensor, groups: int) -> torch.Tensor:
