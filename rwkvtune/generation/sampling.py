@@ -3,7 +3,8 @@
 Speed matters at a 65536-token vocabulary, where every pass over the logits of 64 rows costs
 milliseconds on a CPU. So:
 
-* a plain temperature draw is one softmax plus a two-level inverse CDF (block sums of 256 tokens, then
+* a plain temperature draw is one ``exp`` pass (no max shift, unless the row totals show overflow or
+  underflow) plus a two-level inverse CDF on the unnormalised weights (block sums of 256 tokens, then
   one block), never a cumulative sum over the whole vocabulary; ``torch.multinomial`` draws one
   exponential per vocabulary entry instead (~40x slower here);
 * top-k and top-p work on a small ``torch.topk`` candidate set; top-p tries a larger set, then a full
@@ -29,8 +30,9 @@ _BLOCK = 256
 _TOP_P_CANDIDATES = (64, 1024)
 #: Most bytes of one float32 ``[rows, V]`` temporary in the sampler (32 rows at V = 65536).
 _CHUNK_BYTES = 8 << 20
-#: Below this probability ``log(p)`` of a float32 softmax loses precision; use ``log_softmax`` instead.
-_TINY_PROB = 1e-30
+#: Smallest row total of ``exp(logits)`` trusted without shifting by the row max: above it, tokens lost
+#: to float32 underflow (exp(x) < 1e-45) have probability below 1e-25.
+_MIN_TOTAL = 1e-20
 
 
 def sample_next(
@@ -76,13 +78,18 @@ def _sample_rows(logits: torch.Tensor, params: SamplingParams, uniforms: torch.T
     scaled = processed / temperature if temperature != 1.0 else processed
     u = uniforms.to(device=logits.device, dtype=torch.float64)
     if params.top_k == 0 and params.top_p >= 1.0:
-        probs = torch.softmax(scaled, dim=-1)
-        tokens = _draw_full(probs, u)
-        if processed is raw:
-            # The sampling distribution is the logprob distribution: reuse it instead of a log_softmax pass.
-            chosen = probs.gather(1, tokens[:, None]).squeeze(1)
-            if bool((chosen > _TINY_PROB).all()):
-                return tokens, chosen.log()
+        # exp() without the row max first: one pass instead of softmax's three. It is exact unless some
+        # exp overflows or the whole row underflows, which the row totals show; then shift by the max.
+        weights = torch.exp(scaled)
+        blocks = _block_sums(weights)
+        totals = blocks.double().sum(dim=-1)
+        if bool(((totals > _MIN_TOTAL) & (totals < float("inf"))).all()):
+            tokens = _draw_full(weights, u, blocks)
+            if processed is raw:
+                # The sampling distribution is the logprob distribution: log p = scaled - log(total).
+                return tokens, (scaled.gather(1, tokens[:, None]).squeeze(1).double() - totals.log()).float()
+            return tokens, _logprobs_of(raw, tokens, temperature)
+        tokens = _draw_full(torch.softmax(scaled, dim=-1), u)
         return tokens, _logprobs_of(raw, tokens, temperature)
     tokens = _draw_truncated(scaled, params.top_k, params.top_p, u)
     return tokens, _logprobs_of(raw, tokens, temperature)
@@ -163,18 +170,31 @@ def _inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, 
     return index, residual
 
 
-def _draw_full(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Draw from full-vocabulary probabilities ``[B, V]`` -> tokens ``[B]``, in two levels.
+def _block_sums(weights: torch.Tensor) -> torch.Tensor:
+    """``weights`` ``[B, V]`` summed in blocks of ``_BLOCK`` tokens -> ``[B, ceil(V / _BLOCK)]``."""
+    batch, vocab = weights.shape
+    whole = vocab // _BLOCK * _BLOCK
+    sums = weights[:, :whole].view(batch, -1, _BLOCK).sum(dim=-1)
+    if whole == vocab:
+        return sums
+    return torch.cat((sums, weights[:, whole:].sum(dim=-1, keepdim=True)), dim=1)
 
-    First a block of ``_BLOCK`` tokens by its mass, then a token inside that block: two passes over the
-    probabilities (block sums, and one block) instead of a cumulative sum over all ``V``.
+
+def _draw_full(weights: torch.Tensor, u: torch.Tensor, block_sums: torch.Tensor | None = None) -> torch.Tensor:
+    """Draw from full-vocabulary weights ``[B, V]`` (non-negative, not necessarily normalised) -> tokens ``[B]``.
+
+    Two levels: first a block of ``_BLOCK`` tokens by its mass (``block_sums``, computed when not given),
+    then a token inside that block: two passes over the weights instead of a cumulative sum over all ``V``.
     """
-    batch, vocab = probs.shape
-    n_blocks = -(-vocab // _BLOCK)
-    if vocab % _BLOCK:
-        probs = F.pad(probs, (0, n_blocks * _BLOCK - vocab))  # zero-probability padding is never drawn
-    tiles = probs.view(batch, n_blocks, _BLOCK)
-    block, residual = _inverse_cdf(tiles.sum(dim=-1), u)  # [B]
-    tile = tiles.gather(1, block[:, None, None].expand(batch, 1, _BLOCK)).squeeze(1)  # [B, _BLOCK]
+    batch, vocab = weights.shape
+    blocks = _block_sums(weights) if block_sums is None else block_sums
+    block, residual = _inverse_cdf(blocks, u)  # [B]
+    start = block * _BLOCK
+    if vocab % _BLOCK == 0:
+        tiles = weights.view(batch, -1, _BLOCK)
+        tile = tiles.gather(1, block[:, None, None].expand(batch, 1, _BLOCK)).squeeze(1)  # [B, _BLOCK]
+    else:  # the last block is short: pad with zero weight, which is never drawn
+        padded = F.pad(weights, (0, blocks.shape[1] * _BLOCK - vocab))
+        tile = padded.view(batch, -1, _BLOCK).gather(1, block[:, None, None].expand(batch, 1, _BLOCK)).squeeze(1)
     inner, _ = _inverse_cdf(tile, residual)
-    return block * _BLOCK + inner
+    return start + inner

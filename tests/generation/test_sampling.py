@@ -136,3 +136,16 @@ def test_each_stream_depends_only_on_its_seed():
     together.select([4, 1])  # rows leave mid-block
     later = torch.stack([together.next() for _ in range(3)], dim=1)
     torch.testing.assert_close(later, stream_values([seeds[4], seeds[1]], 10, block=5)[:, 7:])
+
+
+@pytest.mark.parametrize("shift", [0.0, 200.0, -200.0])  # exp overflows / the whole row underflows
+def test_full_draw_without_max_shift_falls_back_when_exp_cannot_represent_the_row(shift):
+    """The unshifted exp path and the max-shifted fallback both draw by the inverse CDF in vocabulary
+    order and return log_softmax at the drawn token."""
+    logits = torch.randn(5, 700, generator=torch.Generator().manual_seed(5)) * 3
+    u = torch.rand(5, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    tokens, logprobs = sample_next(logits + shift, SamplingParams(), u)
+    cdf = torch.softmax(logits.double(), dim=-1).cumsum(-1)  # vocabulary order, as the two-level draw
+    assert torch.equal(tokens, torch.searchsorted(cdf, u[:, None], right=True).squeeze(1))
+    expected = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1)
+    torch.testing.assert_close(logprobs, expected)
