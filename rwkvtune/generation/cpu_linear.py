@@ -6,7 +6,7 @@ depends on the CPU's BLAS paths, and no layout wins everywhere:
 * On an Intel Xeon (AMX), a contiguous ``[in, out]`` copy (``x @ W_t``) beat ``F.linear`` on every
   fp32 shape: the 65536x256 head 2.7 -> 2.0 ms with the weight out of cache, 256x256 5.5 -> 3.7 us in
   cache. A bf16 product of one row ran 2-3x slower than the same product on an fp32 copy (256x256:
-  24 us vs 9 us), while from 8 rows on bf16 won (AMX).
+  24 us vs 9 us), while from 8 rows on bf16 won on the larger shapes, and from 64 rows on all (AMX).
 * On an AMD EPYC, MKL ran the fp32 one-row product as a single-threaded GEMV at ~12 GB/s; as ``W x^T``
   with the weight split into row groups (a view, no copy) it became a batched GEMM on all threads: the
   65536x768 head 15.7 -> 6.8 ms. On the Xeon that grouped form is 2-4x *slower*.
@@ -15,15 +15,16 @@ Timing one product at a time misleads: in a decode step the head streams tens of
 block weights out of cache, which single timings (with the weight in cache) do not see. So the decoder
 times whole steps, one :class:`Form` for every plain layer, and :class:`FormChooser` keeps the fastest
 per model shape and row bucket. :class:`DecodeLinears` applies one form and keeps the weight copies it
-needs for as long as it lives (one ``generate`` call), so weights trained between calls are read
-afresh; while it lives, a copied layer takes its weight's memory twice.
+needs for as long as it lives (one ``generate`` call at most), so weights trained between calls are read
+afresh. While it lives, a copied layer's weights take their memory once more (transposed) or, for a
+16-bit model, twice more (float32), up to ``_MAX_COPY_BYTES`` in all.
 
 The head also writes into a reused buffer: glibc maps every allocation above 32 MiB fresh from the
 kernel, so a new ``[B, 65536]`` fp32 logits tensor (B > 128) is page-faulted while it is written, on
 every step (the L4-C256 head at B = 256: 155 ms vs 125 ms into a reused buffer).
 
-Only plain ``nn.Linear`` layers without bias on the CPU take these paths; anything else (a LoRA-wrapped
-layer, a CUDA tensor) is called as a module.
+Only plain ``nn.Linear`` layers without bias or hooks on the CPU take these paths; anything else (a
+LoRA-wrapped layer, a CUDA tensor, a layer with forward hooks) is called as a module.
 """
 
 from __future__ import annotations
@@ -43,26 +44,36 @@ class Form(enum.Enum):
     PLAIN = "plain"  # F.linear on the weight itself
     TRANSPOSED = "transposed"  # x @ W_t, W_t a contiguous [in, out] copy in the weight's dtype
     FLOAT_TRANSPOSED = "float_transposed"  # the same on a float32 copy of a 16-bit weight
-    GROUPED = "grouped"  # W x^T in row groups (a view of the weight), float32 only
+    GROUPED = "grouped"  # W x^T in row groups (a view of the weight) for float32 weights, else plain
 
 
 #: Most rows for which any form but the plain one is tried (above it the products are GEMMs).
 _MAX_TUNED_ROWS = 32
-#: Most rows for which a float32 copy of a 16-bit weight is tried (16-bit products win above it).
+#: Most rows for which a float32 copy of a 16-bit weight is tried (at 8 rows it still won on small
+#: shapes and lost on large ones; from 64 rows the 16-bit products won everywhere).
 _FLOAT_MAX_ROWS = 16
+#: Most bytes of weight copies a decoder may hold; larger models keep the plain (and grouped) forms.
+_MAX_COPY_BYTES = 2 << 30
+#: A timed decode step slower than this is timed once per form, not ``trials`` times.
+_SLOW_STEP_SECONDS = 0.05
 #: Row groups, and the most rows for which the grouped form is used, for block layers and for the head.
 _LAYER_GROUPS, _LAYER_MAX_ROWS = 8, 4
 _HEAD_GROUPS, _HEAD_MAX_ROWS = 64, 32
 
 
-def candidate_forms(dtype: torch.dtype, device: torch.device, rows: int) -> list[Form]:
-    """The forms worth timing for ``rows`` rows of a model in ``dtype`` on ``device``, plain first."""
+def candidate_forms(dtype: torch.dtype, device: torch.device, rows: int, weight_bytes: int) -> list[Form]:
+    """The forms worth timing for ``rows`` rows of a model in ``dtype`` on ``device`` whose plain linear
+    weights take ``weight_bytes``, plain first. Forms whose copies would exceed ``_MAX_COPY_BYTES`` are left
+    out: a large model decodes from its own weights."""
     if device.type != "cpu" or rows > _MAX_TUNED_ROWS:
         return [Form.PLAIN]
+    forms = [Form.PLAIN]
+    if weight_bytes <= _MAX_COPY_BYTES:
+        forms.append(Form.TRANSPOSED)
     if dtype == torch.float32:
-        return [Form.PLAIN, Form.TRANSPOSED, Form.GROUPED]
-    forms = [Form.PLAIN, Form.TRANSPOSED]
-    if dtype in (torch.bfloat16, torch.float16) and rows <= _FLOAT_MAX_ROWS:
+        forms.append(Form.GROUPED)
+    elif (dtype in (torch.bfloat16, torch.float16) and rows <= _FLOAT_MAX_ROWS
+          and 2 * weight_bytes <= _MAX_COPY_BYTES):
         forms.append(Form.FLOAT_TRANSPOSED)
     return forms
 
@@ -84,16 +95,21 @@ class FormChooser:
         return self._chosen.get(key)
 
     def choose(self, key: Hashable, forms: Sequence[Form], run: Callable[[Form], object]) -> Form:
-        """The form for which ``run(form)`` is fastest. Each of ``trials`` rounds runs every form twice in a
-        row and times the second run: a decode step runs after a step of the same form, with that form's
-        weights (and not another's copies) in cache. Best of the rounds, per form."""
-        best = dict.fromkeys(forms, float("inf"))
-        for _ in range(self._trials):
-            for form in forms:
-                run(form)
+        """The form for which ``run(form)`` is fastest, timed one form after the other (so that only one
+        form's weight copies need to exist at a time): an untimed run first, which makes the copies and
+        leaves that form's weights in cache as a decode step finds them after a step of the same form,
+        then up to ``trials`` timed runs, best of them; one, when a step takes over ``_SLOW_STEP_SECONDS``."""
+        best = {}
+        for form in forms:
+            run(form)
+            best[form] = float("inf")
+            for _ in range(self._trials):
                 start = self._clock()
                 run(form)
-                best[form] = min(best[form], self._clock() - start)
+                seconds = self._clock() - start
+                best[form] = min(best[form], seconds)
+                if seconds > _SLOW_STEP_SECONDS:
+                    break
         chosen = self._chosen[key] = min(forms, key=best.__getitem__)
         return chosen
 
@@ -136,7 +152,8 @@ class DecodeLinears:
         return tuple(self.linear(layer, rows) for layer, rows in zip(layers, x))
 
     def head(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """The LM head ``layer(x)``: ``[B, C]`` -> ``[B, V]``, a view of a buffer valid until the next call."""
+        """The LM head ``layer(x)``: ``[B, C]`` -> ``[B, V]``; in the plain and transposed forms a view of a
+        buffer that the next call overwrites."""
         if not self._is_plain(layer, x):
             return layer(x)
         if self.form is not Form.PLAIN and self.form is not Form.TRANSPOSED:
@@ -149,12 +166,12 @@ class DecodeLinears:
         return torch.mm(x, weight, out=buffer[:batch])
 
     def _is_plain(self, layer: nn.Module, x: torch.Tensor) -> bool:
-        """Whether ``layer`` is a plain bias-free ``nn.Linear`` on the CPU in ``x``'s dtype (decided once per
-        layer: a decoder's inputs keep one device and dtype)."""
+        """Whether ``layer`` takes the fast path (decided once per layer: a decoder's inputs keep one device
+        and dtype, and its layers do not change while it lives)."""
         plain = self._plain.get(id(layer))
         if plain is None:
-            plain = self._plain[id(layer)] = (type(layer) is nn.Linear and layer.bias is None
-                                              and x.device.type == "cpu" and layer.weight.device.type == "cpu"
+            plain = self._plain[id(layer)] = (is_plain_linear(layer) and x.device.type == "cpu"
+                                              and layer.weight.device.type == "cpu"
                                               and layer.weight.dtype == x.dtype)
         return plain
 
@@ -164,8 +181,8 @@ class DecodeLinears:
             return torch.mm(x, self._copy(weight))
         if form is Form.FLOAT_TRANSPOSED:
             return torch.mm(x.float(), self._copy(weight)).to(x.dtype)
-        if (form is Form.GROUPED and x.shape[0] <= max_grouped_rows and weight.shape[0] % groups == 0
-                and weight.is_contiguous()):
+        if (form is Form.GROUPED and weight.dtype == torch.float32 and x.shape[0] <= max_grouped_rows
+                and weight.shape[0] % groups == 0 and weight.is_contiguous()):
             return _grouped_matmul(weight, x, groups)
         return F.linear(x, weight)
 
@@ -178,6 +195,13 @@ class DecodeLinears:
     def _transposed(self, weight: torch.Tensor) -> torch.Tensor:
         """``weight`` ``[out, in]`` as a contiguous ``[in, out]`` copy, in float32 for ``FLOAT_TRANSPOSED``."""
         return (weight.float() if self.form is Form.FLOAT_TRANSPOSED else weight).t().contiguous()
+
+
+def is_plain_linear(module: nn.Module) -> bool:
+    """An ``nn.Linear`` itself (not a subclass or a wrapper), without bias and without forward hooks: one
+    whose ``module(x)`` is ``x @ weight^T`` and nothing else."""
+    return (type(module) is nn.Linear and module.bias is None and not module._forward_hooks
+            and not module._forward_pre_hooks)
 
 
 def _grouped_matmul(weight: torch.Tensor, x: torch.Tensor, groups: int) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rwkvtune.generation.cpu_linear import DecodeLinears, Form, FormChooser, candidate_forms
+from rwkvtune.generation.cpu_linear import DecodeLinears, Form, FormChooser, candidate_forms, is_plain_linear
 from rwkvtune.model import RWKV7, RWKVState
 
 #: ``log(decay) = -exp(-0.5) * sigmoid(w)`` (spec 2.3 step 5), as in the model.
@@ -115,12 +115,15 @@ class RWKV7Decoder:
         config = model.config
         self.n_head, self.head_size = config.n_head, config.head_size
         self._chooser = chooser if chooser is not None else _CHOOSER
-        # What the fastest form depends on: the shapes, dtype and device of the weights, and which
-        # layers are plain (a LoRA-wrapped layer is called as a module in every form).
+        # What the fastest form depends on: the shapes, dtype and device of the weights, and which of the
+        # layers the decoder calls are plain (a LoRA-wrapped layer is called as a module in every form).
+        called = [model.head] + [layer for block in model.blocks for layer in (
+            block.att.receptance, block.att.key, block.att.value, block.att.output, block.ffn.key, block.ffn.value)]
+        plain = [is_plain_linear(layer) for layer in called]
+        self._plain_weight_bytes = sum(layer.weight.nbytes for layer, ok in zip(called, plain) if ok)
         self._shape_key = (type(model).__name__, config.n_layer, config.n_embd, config.dim_ffn,
-                           config.vocab_size, model.head.weight.dtype, model.head.weight.device.type,
-                           tuple(type(m) is nn.Linear for m in model.modules() if isinstance(m, nn.Linear)))
-        self._linears: dict[Form, DecodeLinears] = {}
+                           config.vocab_size, model.head.weight.dtype, model.head.weight.device.type, tuple(plain))
+        self._linears: DecodeLinears | None = None
         self._time_mix_constants: dict[int, _TimeMixConstants] = {}
         self._norms: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}
 
@@ -133,20 +136,20 @@ class RWKV7Decoder:
         first time a row bucket is seen in the process (the losing forms' weight copies are dropped)."""
         weight = self.model.head.weight
         rows = token_ids.shape[0]
-        forms = candidate_forms(weight.dtype, weight.device, rows)
+        forms = candidate_forms(weight.dtype, weight.device, rows, self._plain_weight_bytes)
         key = (self._shape_key, 1 << (rows - 1).bit_length(), torch.get_num_threads())
         form = forms[0] if len(forms) == 1 else self._chooser.get(key)
         if form is None:
             scratch = state.clone()
             form = self._chooser.choose(key, forms, lambda f: self._step(token_ids, scratch, self._in_form(f)))
-            self._linears = {f: linears for f, linears in self._linears.items() if f is form}
         return self._in_form(form)
 
     def _in_form(self, form: Form) -> DecodeLinears:
-        linears = self._linears.get(form)
-        if linears is None:
-            linears = self._linears[form] = DecodeLinears(form)
-        return linears
+        """The layers in ``form``; another form's weight copies are dropped first (one set at a time)."""
+        if self._linears is None or self._linears.form is not form:
+            self._linears = None
+            self._linears = DecodeLinears(form)
+        return self._linears
 
     def _step(self, token_ids: torch.Tensor, state: RWKVState,
               linears: DecodeLinears) -> tuple[torch.Tensor, RWKVState]:
@@ -208,11 +211,14 @@ class RWKV7Decoder:
         return linears.linear(att.output, (y + bonus.view(batch, c)) * g), v_first
 
     def _norm(self, module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``module`` as a direct call of its ATen op when it is a plain ``LayerNorm``/``GroupNorm`` (a module
-        call costs microseconds of hooks and attribute lookups, per norm and token), else the module."""
+        """``module`` as a direct call of its ATen op when it is a plain ``LayerNorm``/``GroupNorm`` without
+        forward hooks (a module call costs microseconds of hook checks and attribute lookups, per norm and
+        token), else the module."""
         norm = self._norms.get(id(module))
         if norm is None:
-            if type(module) is nn.LayerNorm:
+            if module._forward_hooks or module._forward_pre_hooks:
+                norm = module
+            elif type(module) is nn.LayerNorm:
                 shape, weight, bias, eps = module.normalized_shape, module.weight, module.bias, module.eps
                 norm = functools.partial(_layer_norm, shape=shape, weight=weight, bias=bias, eps=eps)
             elif type(module) is nn.GroupNorm:

@@ -87,7 +87,9 @@ def _sample_rows(logits: torch.Tensor, params: SamplingParams, uniforms: torch.T
             tokens = _draw_full(weights, u, blocks)
             if processed is raw:
                 # The sampling distribution is the logprob distribution: log p = scaled - log(total).
-                return tokens, (scaled.gather(1, tokens[:, None]).squeeze(1).double() - totals.log()).float()
+                # Clamped: exp values rounded to float32 can put a dominant token's logprob a hair above 0.
+                logprobs = scaled.gather(1, tokens[:, None]).squeeze(1).double() - totals.log()
+                return tokens, logprobs.clamp_(max=0.0).float()
             return tokens, _logprobs_of(raw, tokens, temperature)
         tokens = _draw_full(torch.softmax(scaled, dim=-1), u)
         return tokens, _logprobs_of(raw, tokens, temperature)

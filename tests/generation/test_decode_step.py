@@ -67,44 +67,60 @@ def test_decoder_equals_model_step(dtype, vocab, batch, form):
     decoder = RWKV7Decoder(model, chooser)
     assert make_step_fn(model).__class__ is RWKV7Decoder
     assert_decoder_equals_model_step(model, decoder, batch, tol)
-    expected_forms = candidate_forms(dtype, torch.device("cpu"), batch)
+    expected_forms = candidate_forms(dtype, torch.device("cpu"), batch, decoder._plain_weight_bytes)
     assert [forms for _, forms in chooser.chosen] == ([expected_forms] if len(expected_forms) > 1 else [])
 
 
 def test_decoder_tunes_on_a_scratch_state_once_per_row_bucket():
-    """The real chooser (with a fake clock) times whole steps on a copy of the state: the decoded
-    numbers are still those of ``model.step``, and a second decoder reuses the decision."""
-    clock = FakeClock()
-    timed = []
-
-    def tick():
-        clock.now += 1.0
-        return clock.now
-
-    chooser = FormChooser(clock=tick, trials=2)
+    """The real chooser times whole steps on a copy of the state (a fake clock makes the transposed form
+    fastest): the decoded numbers are still those of ``model.step``, only the chosen form's copies are
+    kept, and a second decoder reuses the decision."""
     model = random_model(torch.float32, 1024)
+    costs = {Form.PLAIN: 3e-3, Form.TRANSPOSED: 1e-3, Form.GROUPED: 2e-3}
+    decoders = []
+    now = [0.0]
+
+    def clock():  # each reading advances by the cost of the form the newest decoder holds
+        linears = decoders[-1]._linears
+        now[0] += costs[linears.form] if linears is not None else 0.0
+        return now[0]
+
+    chooser = FormChooser(clock=clock, trials=2)
+    timed = []
     original_choose = chooser.choose
 
     def recording_choose(key, forms, run):
-        timed.append(key)
+        timed.append((key, list(forms)))
         return original_choose(key, forms, run)
 
     chooser.choose = recording_choose
-    assert_decoder_equals_model_step(model, RWKV7Decoder(model, chooser), 3, 2e-5)
-    assert len(timed) == 1 and timed[0][1] == 4  # 3 rows -> bucket 4, timed at the first step only
-    assert_decoder_equals_model_step(model, RWKV7Decoder(model, chooser), 4, 2e-5)
-    assert len(timed) == 1  # same bucket, new decoder: the decision is kept
-    assert_decoder_equals_model_step(model, RWKV7Decoder(model, chooser), 1, 2e-5)
-    assert len(timed) == 2 and timed[1][1] == 1
+    for rows in (3, 4, 1):
+        decoders.append(RWKV7Decoder(model, chooser))
+        assert_decoder_equals_model_step(model, decoders[-1], rows, 2e-5)
+        assert decoders[-1]._linears.form is Form.TRANSPOSED and decoders[-1]._linears._copies
+    buckets = [key[1] for key, _ in timed]
+    assert buckets == [4, 1]  # 3 rows -> bucket 4, timed at the first step; 4 rows: the same bucket
+    assert timed[0][1] == [Form.PLAIN, Form.TRANSPOSED, Form.GROUPED]
 
 
 def test_candidate_forms():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert candidate_forms(torch.float32, cpu, 1) == [Form.PLAIN, Form.TRANSPOSED, Form.GROUPED]
-    assert candidate_forms(torch.bfloat16, cpu, 16) == [Form.PLAIN, Form.TRANSPOSED, Form.FLOAT_TRANSPOSED]
-    assert candidate_forms(torch.bfloat16, cpu, 17) == [Form.PLAIN, Form.TRANSPOSED]
-    assert candidate_forms(torch.float32, cpu, 33) == [Form.PLAIN]
-    assert candidate_forms(torch.float32, cuda, 1) == [Form.PLAIN]
+    small, large = 1 << 20, 3 << 30
+    assert candidate_forms(torch.float32, cpu, 1, small) == [Form.PLAIN, Form.TRANSPOSED, Form.GROUPED]
+    assert candidate_forms(torch.bfloat16, cpu, 16, small) == [Form.PLAIN, Form.TRANSPOSED, Form.FLOAT_TRANSPOSED]
+    assert candidate_forms(torch.bfloat16, cpu, 17, small) == [Form.PLAIN, Form.TRANSPOSED]
+    assert candidate_forms(torch.float32, cpu, 33, small) == [Form.PLAIN]
+    assert candidate_forms(torch.float32, cuda, 1, small) == [Form.PLAIN]
+    # Copies are bounded: too large for any copy, or for the float32 one (twice a bf16 model's bytes).
+    assert candidate_forms(torch.float32, cpu, 1, large) == [Form.PLAIN, Form.GROUPED]
+    assert candidate_forms(torch.bfloat16, cpu, 1, 1536 << 20) == [Form.PLAIN, Form.TRANSPOSED]
+
+
+def test_layers_with_forward_hooks_are_called_as_modules():
+    model = random_model(torch.float32, 1024)
+    model.blocks[1].ffn.key.register_forward_hook(lambda module, args, out: out * 0.5)
+    model.blocks[0].ln1.register_forward_hook(lambda module, args, out: out + 0.25)
+    assert_decoder_equals_model_step(model, RWKV7Decoder(model, FixedForm(Form.TRANSPOSED)), 2, 2e-5)
 
 
 @pytest.mark.parametrize("form", list(Form))
@@ -151,23 +167,34 @@ class FakeClock:
         return self.now
 
 
-@pytest.mark.parametrize("costs,expected", [((3.0, 1.0, 2.0), Form.TRANSPOSED), ((1.0, 3.0, 2.0), Form.PLAIN)])
-def test_form_chooser_keeps_the_fastest_form_and_times_the_second_of_two_runs(costs, expected):
+@pytest.mark.parametrize("costs,expected", [((3e-3, 1e-3, 2e-3), Form.TRANSPOSED), ((1e-3, 3e-3, 2e-3), Form.PLAIN)])
+def test_form_chooser_keeps_the_fastest_form_timing_each_after_an_untimed_run(costs, expected):
     clock = FakeClock()
     forms = [Form.PLAIN, Form.TRANSPOSED, Form.GROUPED]
     runs = []
 
     def run(form):
+        clock.now += 1.0 if form not in runs else costs[forms.index(form)]  # the untimed first run is slow
         runs.append(form)
-        first_of_pair = len(runs) % 2 == 1
-        clock.now += 100.0 if first_of_pair else costs[forms.index(form)]  # untimed warm-up runs are slow
 
     chooser = FormChooser(clock=clock, trials=2)
     assert chooser.get("case") is None
     assert chooser.choose("case", forms, run) is expected
-    assert runs == [f for _ in range(2) for f in forms for _ in range(2)]  # interleaved, each twice in a row
+    assert runs == [f for f in forms for _ in range(3)]  # one form after the other: 1 untimed + 2 timed
     assert chooser.get("case") is expected
     assert chooser.get("other case") is None
+
+
+def test_form_chooser_times_slow_steps_once():
+    clock = FakeClock()
+    runs = []
+
+    def run(form):
+        clock.now += 1.0
+        runs.append(form)
+
+    FormChooser(clock=clock, trials=3).choose("slow", [Form.PLAIN, Form.TRANSPOSED], run)
+    assert runs == [Form.PLAIN, Form.PLAIN, Form.TRANSPOSED, Form.TRANSPOSED]
 
 
 def test_grouped_matmul_equals_linear():

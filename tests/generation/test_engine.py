@@ -9,7 +9,8 @@ import torch
 
 from generation_fakes import NO_STOP, StepCounter, random_prompts
 from rwkv_oracle import load_reference
-from rwkvtune.generation import GenerationEngine, SamplingParams, generate, pad_completions
+from rwkvtune.generation import GenerationEngine, SamplingParams, decode_step, generate, pad_completions
+from rwkvtune.generation.cpu_linear import Form
 
 LENGTHS = (7, 1, 19, 4, 19)  # different lengths, one single-token prompt, two of equal length
 
@@ -114,9 +115,17 @@ def test_eval_mode_no_grad_and_training_flag_restored(tiny_model):
     tiny_model.eval()
 
 
-def test_an_engine_sees_weights_changed_between_calls(tiny_model):
-    """The decoder may keep transposed copies of the weights; they last one call. A change that does not
-    bump the version counter (``.data``, as fused AdamW writes) must show in the next call."""
+class AlwaysTransposed:
+    """A form chooser that has always chosen transposed weight copies."""
+
+    def get(self, key):
+        return Form.TRANSPOSED
+
+
+def test_an_engine_sees_weights_changed_between_calls(tiny_model, monkeypatch):
+    """With transposed copies of the weights (they last one call), a change that does not bump the
+    version counter (``.data``, as fused AdamW writes) must show in the next call."""
+    monkeypatch.setattr(decode_step, "_CHOOSER", AlwaysTransposed())
     model = copy.deepcopy(tiny_model)
     engine = GenerationEngine(model)
     params = SamplingParams(temperature=0, max_new_tokens=6, **NO_STOP)

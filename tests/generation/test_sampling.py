@@ -149,3 +149,11 @@ def test_full_draw_without_max_shift_falls_back_when_exp_cannot_represent_the_ro
     assert torch.equal(tokens, torch.searchsorted(cdf, u[:, None], right=True).squeeze(1))
     expected = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1)
     torch.testing.assert_close(logprobs, expected)
+
+
+def test_a_dominant_token_has_logprob_at_most_zero():
+    logits = torch.full((3, 65536), -30.0)
+    logits[:, 123] = 30.0
+    tokens, logprobs = sample_next(logits, SamplingParams(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+    assert tokens.tolist() == [123, 123, 123]
+    assert (logprobs <= 0).all() and (logprobs > -1e-6).all()
