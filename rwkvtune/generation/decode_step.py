@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rwkvtune.generation.cpu_linear import DecodeLinears, Form, FormChooser, candidate_forms, is_plain_linear
@@ -183,7 +182,8 @@ class RWKV7Decoder:
         low[0::2].sigmoid_()
         value_gate, w, iclr, g = low.unbind(0)
 
-        kk = F.normalize((k * const.k_k).view(batch, h, n), dim=-1, p=2.0, eps=_KEY_NORM_EPS)
+        kk = (k * const.k_k).view(batch, h, n)  # F.normalize, without its Python wrappers:
+        kk = kk / torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min_(_KEY_NORM_EPS)
         k = k * torch.addcmul(const.one_minus_k_a, iclr, const.k_a)  # k * (1 + (iclr - 1) * k_a)
         if layer == 0:
             v_first = v
