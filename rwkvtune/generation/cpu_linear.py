@@ -123,7 +123,7 @@ class DecodeLinears:
 
     def __init__(self, form: Form):
         self.form = form
-        self._copies: dict[Hashable, torch.Tensor] = {}  # id(weight), or ids of stacked weights -> copy
+        self._copies: dict[Hashable, torch.Tensor] = {}  # id(weight), or the ids of stacked layers -> copy
         self._plain: dict[Hashable, bool] = {}  # id(layer), or ids of stacked layers -> takes the fast path
         self._head_buffer = torch.empty(0)  # [B_max, V]
 
