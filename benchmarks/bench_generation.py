@@ -1,12 +1,11 @@
 """Decode throughput of the generation engine on CPU, against the ``rwkv`` runtime, with the sampler's share.
 
-For each model shape and dtype: decode tokens/s at several numbers of concurrent sequences (temperature
-1, top-p 1: the GRPO defaults; no stop, so every row runs the whole measurement), the share of decode time
-spent in the sampler (timed around every ``sample_next`` call), the ``rwkv`` runtime's single-sequence
-forward rate on the same weights (no sampling: its best case; medians of alternating rounds of ours and
-the runtime's), and "% of the fp32 matmul roofline" at 64
-sequences: tokens/s x 2 x (matmul weights per token) / the FLOP/s of a 2048^2 fp32 matmul measured in
-the same run.
+For each model shape and dtype: decode tokens/s at several numbers of concurrent sequences, from the
+median step (temperature 1, top-p 1: the GRPO defaults; no stop, so every row runs the whole
+measurement); the share of decode time spent in the sampler (timed around every ``sample_next`` call);
+the ``rwkv`` runtime's single-sequence forward rate on the same weights (no sampling: its best case),
+against ours as medians of alternating rounds; and "% of the fp32 matmul roofline" at 64 sequences:
+tokens/s x 2 x (matmul weights per token) / the FLOP/s of a 2048^2 fp32 matmul measured in the same run.
 
     python benchmarks/bench_generation.py                     # L4-C256-V65536 and rwkv7-0.1b, fp32 and bf16
     python benchmarks/bench_generation.py --shapes L4-C256 --batches 1,8 --steps 8

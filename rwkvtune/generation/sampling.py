@@ -191,12 +191,9 @@ def _draw_full(weights: torch.Tensor, u: torch.Tensor, block_sums: torch.Tensor 
     batch, vocab = weights.shape
     blocks = _block_sums(weights) if block_sums is None else block_sums
     block, residual = _inverse_cdf(blocks, u)  # [B]
-    start = block * _BLOCK
-    if vocab % _BLOCK == 0:
-        tiles = weights.view(batch, -1, _BLOCK)
-        tile = tiles.gather(1, block[:, None, None].expand(batch, 1, _BLOCK)).squeeze(1)  # [B, _BLOCK]
-    else:  # the last block is short: pad with zero weight, which is never drawn
-        padded = F.pad(weights, (0, blocks.shape[1] * _BLOCK - vocab))
-        tile = padded.view(batch, -1, _BLOCK).gather(1, block[:, None, None].expand(batch, 1, _BLOCK)).squeeze(1)
+    if vocab % _BLOCK:  # the last block is short: pad with zero weight, which is never drawn
+        weights = F.pad(weights, (0, blocks.shape[1] * _BLOCK - vocab))
+    tiles = weights.view(batch, -1, _BLOCK)
+    tile = tiles.gather(1, block[:, None, None].expand(batch, 1, _BLOCK)).squeeze(1)  # [B, _BLOCK]
     inner, _ = _inverse_cdf(tile, residual)
-    return start + inner
+    return block * _BLOCK + inner
