@@ -8,6 +8,7 @@ forward+backward without optimizer, data or checkpoints, the median step after a
 
     python benchmarks/bench_sft.py                       # both shapes, fp32 and bf16, grad_cp on and off
     python benchmarks/bench_sft.py --shapes L4-C256 --steps 4
+    python benchmarks/bench_sft.py --malloc default      # without the trainer's malloc settings
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ import torch
 torch.set_num_threads(int(sys.argv[6]))
 from rwkvtune.config import RWKV7Config, get_preset
 from rwkvtune.model import new_model
-from rwkvtune.training import SFTConfig, SFTTrainer
+from rwkvtune.training import SFTConfig, SFTTrainer, trainers
 n_layer, n_embd, ctx, micro, precision, threads, grad_cp, steps = (int(sys.argv[1]), int(sys.argv[2]),
     int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]))
+if sys.argv[9] == "default":  # leave glibc's malloc as it is, for comparison
+    trainers.keep_freed_host_memory = lambda: False
 config = RWKV7Config(n_layer=n_layer, n_embd=n_embd, vocab_size=65536)
 if (n_layer, n_embd) == (12, 768):
     config = get_preset("rwkv7-0.1b")
@@ -106,6 +109,8 @@ def main() -> None:
     parser.add_argument("--micro-bsz", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--malloc", choices=("trainer", "default"), default="trainer",
+                        help="'default' keeps glibc's malloc settings instead of the trainer's (for comparison)")
     args = parser.parse_args()
     memory = loss_memory()
     print(f"cross-entropy over V=65536 for 4 x 512 tokens, forward+backward, peak RSS growth: full logits "
@@ -124,7 +129,8 @@ def main() -> None:
             for grad_cp in (0, 1):
                 out = subprocess.run([sys.executable, "-c", ONE_RUN, str(n_layer), str(n_embd), str(args.ctx),
                                       str(args.micro_bsz), precision, str(args.threads), str(grad_cp),
-                                      str(args.steps)], capture_output=True, text=True, cwd=tempfile.gettempdir())
+                                      str(args.steps), args.malloc], capture_output=True, text=True,
+                                     cwd=tempfile.gettempdir())
                 if out.returncode:
                     print(f"| {shape} | {precision} | {grad_cp} | failed: {out.stderr.strip().splitlines()[-1]} |")
                     continue

@@ -17,6 +17,7 @@ from rwkvtune.config.train import PretrainConfig, SFTConfig, TrainConfig
 from rwkvtune.data import BinidxWindows, collate, prepare_examples
 from rwkvtune.engine.checkpoint import CHECKPOINT_NAME, TrainProgress, load_checkpoint, resolve_resume
 from rwkvtune.engine.fabric import full_state_dict, make_fabric, uses_deepspeed
+from rwkvtune.engine.host_memory import keep_freed_host_memory
 from rwkvtune.engine.loop import fit
 from rwkvtune.engine.metrics import MetricsWriter
 from rwkvtune.engine.optim import build_optimizer
@@ -71,6 +72,8 @@ class _Trainer:
             _check_fresh_output_dir(output_dir, config.overwrite_output_dir)
         fabric = make_fabric(config)
         fabric.seed_everything(config.seed)
+        if fabric.device.type == "cpu":
+            keep_freed_host_memory()  # steps reuse their large tensors instead of page-faulting them in anew
         rows = self._rows(self.train_dataset)
         eval_rows = self._rows(self.eval_dataset) if self.eval_dataset is not None else None
 
