@@ -2,8 +2,9 @@
 
 ``<output_dir>/batch{N}`` or ``epoch{N}`` holds ``state.pt`` (weights, optimizer, step, data position,
 RNG; written by Fabric so sharded strategies work), ``trainer_state.json`` (step, epoch, position: easy
-to read) and ``train_config.json`` (the resolved config). A crash mid-save leaves only a ``.tmp``
-directory beside the last complete checkpoint.
+to read) and ``train_config.json`` (the resolved config). A run that trains an adapter keeps only the
+trained tensors in ``state.pt`` (the frozen base is not copied into every checkpoint) and adds the
+adapter's own files. A crash mid-save leaves only a ``.tmp`` directory beside the last complete checkpoint.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from rwkvtune.engine.fabric import uses_deepspeed
 
 CHECKPOINT_NAME = re.compile(r"^(batch|epoch)\d+$")
 STATE_FILE = "state.pt"
@@ -74,17 +77,27 @@ def resolve_resume(output_dir: Path, resume: str) -> Path:
 
 
 def save_checkpoint(fabric, output_dir: Path, name: str, *, model, optimizer, progress: TrainProgress,
-                    config: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint ``name`` atomically, then prune to the ``keep`` newest (0 = keep all)."""
+                    config: dict[str, Any], keep: int, trainable_only: bool = False,
+                    export: Callable[[Path], None] | None = None) -> Path:
+    """Write checkpoint ``name`` atomically, then prune to the ``keep`` newest (0 = keep all).
+
+    ``trainable_only``: keep only parameters with ``requires_grad`` in ``state.pt``. ``export(directory)``
+    writes extra files into the checkpoint (global rank 0; an adapter's own format).
+    """
     final = output_dir / name
     staging = output_dir / f".{name}.tmp"
     if fabric.is_global_zero:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     fabric.barrier()
-    fabric.save(staging / STATE_FILE, {"model": model, "optimizer": optimizer, "progress": asdict(progress),
-                                       "rng": rng_state()})
+    state = {"model": model, "optimizer": optimizer, "progress": asdict(progress), "rng": rng_state(),
+             "trainable_only": trainable_only}
+    keep_names = trainable_names(model) if trainable_only else None
+    fabric.save(staging / STATE_FILE, state,
+                filter={"model": lambda key, _: key in keep_names} if trainable_only else None)
     if fabric.is_global_zero:
+        if export is not None:
+            export(staging)
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         (staging / TRAINER_STATE_FILE).write_text(json.dumps(asdict(progress), indent=2) + "\n")
         for path in staging.rglob("*"):
@@ -102,7 +115,28 @@ def save_checkpoint(fabric, output_dir: Path, name: str, *, model, optimizer, pr
 
 
 def load_checkpoint(fabric, path: Path, *, model, optimizer) -> TrainProgress:
-    """Restore weights, optimizer and RNG from ``path``; returns where training stood."""
-    rest = fabric.load(path / STATE_FILE, {"model": model, "optimizer": optimizer}, weights_only=True)
+    """Restore weights, optimizer and RNG from ``path``; returns where training stood.
+
+    A checkpoint with only the trained tensors must hold exactly the tensors ``model`` trains.
+    """
+    if uses_deepspeed(fabric):  # the engine restores its own (possibly sharded) module and optimizer
+        rest = fabric.load(path / STATE_FILE, {"model": model, "optimizer": optimizer}, weights_only=True)
+        set_rng_state(rest["rng"])
+        return TrainProgress(**rest["progress"])
+    rest = fabric.load(path / STATE_FILE, {"optimizer": optimizer}, strict=False, weights_only=True)
+    weights = rest.pop("model")
+    module = getattr(model, "module", model)  # Fabric's wrapper -> the module itself
+    expected = trainable_names(model) if rest.get("trainable_only") else set(module.state_dict())
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - set(module.state_dict()))
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match the model being trained (missing: {missing[:5]}, unexpected: "
+                         f"{unexpected[:5]}); resume with the model, adapter and config the run was started with")
+    module.load_state_dict(weights, strict=not rest.get("trainable_only"))
     set_rng_state(rest["rng"])
     return TrainProgress(**rest["progress"])
+
+
+def trainable_names(model) -> set[str]:
+    """State-dict keys of the parameters ``model`` trains (Fabric's wrapper looked through)."""
+    module = getattr(model, "module", model)
+    return {name for name, param in module.named_parameters() if param.requires_grad}

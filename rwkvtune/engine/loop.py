@@ -56,8 +56,13 @@ def fit(
     progress: TrainProgress,
     metrics: MetricsWriter | None,
     evaluate: Callable[[], float] | None = None,
+    trainable_only: bool = False,
+    export: Callable[[Path], None] | None = None,
 ) -> dict[str, float]:
     """Train from ``progress`` to the end; returns the last logged metrics.
+
+    ``trainable_only`` and ``export`` shape every checkpoint (see ``save_checkpoint``): an adapter run
+    saves its trained tensors and its adapter files, not the frozen base.
 
     Raises ``FloatingPointError`` naming the step when a window's loss is not finite (before the
     optimizer step, so the weights stay finite).
@@ -96,7 +101,8 @@ def fit(
                     metrics.log(progress.step, last)
                 tokens_since, time_since, loss_since, windows_since = 0, time.perf_counter(), 0.0, 0
             if config.save_every_n_batches and progress.step % config.save_every_n_batches == 0:
-                _save(fabric, output_dir, f"batch{progress.step}", model, optimizer, progress, config)
+                _save(fabric, output_dir, f"batch{progress.step}", model, optimizer, progress, config,
+                      trainable_only=trainable_only, export=export)
         if progress.window >= len(windows):
             progress.epoch += 1
             progress.window = 0
@@ -105,7 +111,8 @@ def fit(
                 if metrics is not None and fabric.is_global_zero:
                     metrics.log(progress.step, {"eval_loss": last["eval_loss"], "epoch": progress.epoch})
             if config.epoch_save and progress.epoch % config.epoch_save == 0:
-                _save(fabric, output_dir, f"epoch{progress.epoch}", model, optimizer, progress, config)
+                _save(fabric, output_dir, f"epoch{progress.epoch}", model, optimizer, progress, config,
+                      trainable_only=trainable_only, export=export)
     bar.close()
     return last
 
@@ -139,8 +146,8 @@ def _train_window(fabric, model, optimizer, window: list[dict[str, torch.Tensor]
 
 
 def _save(fabric, output_dir: Path, name: str, model, optimizer, progress: TrainProgress,
-          config: TrainConfig) -> None:
+          config: TrainConfig, *, trainable_only: bool, export: Callable[[Path], None] | None) -> None:
     path = save_checkpoint(fabric, output_dir, name, model=model, optimizer=optimizer,
                            progress=TrainProgress(**asdict(progress)), config=config.to_dict(),
-                           keep=config.save_total_limit)
+                           keep=config.save_total_limit, trainable_only=trainable_only, export=export)
     logger.info("saved checkpoint %s", path)

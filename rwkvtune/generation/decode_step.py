@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from rwkvtune.generation.cpu_linear import DecodeLinears, Form, FormChooser, candidate_forms, is_plain_linear
-from rwkvtune.model import RWKV7, RWKVState
+from rwkvtune.model import RWKV7, RWKVState, base_model_of
 
 #: ``log(decay) = -exp(-0.5) * sigmoid(w)`` (spec 2.3 step 5), as in the model.
 _LOG_DECAY_SCALE = -0.6065306597126334
@@ -42,8 +42,9 @@ _CHOOSER = FormChooser()
 def make_step_fn(model: nn.Module) -> StepFn:
     """The fastest correct step for ``model``: :class:`RWKV7Decoder` for an ``RWKV7``, else ``model.step``.
 
-    A wrapper with ``get_base_model()`` (HF peft's ``PeftModel``) is looked through: its base is the
-    ``RWKV7`` with the adapter layers put in place, so the decoder runs them as modules. Prompt and
+    A wrapper with ``get_base_model()`` (HF peft's ``PeftModel``, a ``StateTunedModel``) is looked through:
+    its base is the ``RWKV7`` with the adapter layers put in place, so the decoder runs them as modules (a
+    tuned start state enters through prefill). Prompt and
     prefix tuning keep their virtual tokens in the wrapper's ``forward`` instead, which an RNN step
     cannot see: those are refused rather than silently ignored.
     """
@@ -51,7 +52,7 @@ def make_step_fn(model: nn.Module) -> StepFn:
     if getattr(peft_config, "is_prompt_learning", False):
         raise ValueError(f"generation does not support peft {type(peft_config).__name__} (prompt/prefix tuning "
                          "adds virtual tokens in PeftModel.forward); use LoRA-style adapters")
-    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    base = base_model_of(model)
     if isinstance(base, RWKV7):
         return RWKV7Decoder(base)
     return model.step

@@ -74,7 +74,7 @@ class GenerationEngine:
 
     Args:
         model: an ``RWKV7`` (decoded with the in-place single-token path) or any module with ``forward``,
-            ``step``, ``zero_state`` and ``config.vocab_size`` in the same conventions.
+            ``step``, ``initial_state`` and ``config.vocab_size`` in the same conventions.
         tokenizer: encodes string prompts and decodes completions. Without one, completions are decoded
             with the RWKV World vocabulary (the one RWKV-7 models use), and string prompts are an error:
             prompt ids are never guessed.

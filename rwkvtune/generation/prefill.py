@@ -27,10 +27,10 @@ def prefill(
     max_batch_size: int = -1,
     device: torch.device | None = None,
 ) -> tuple[RWKVState, torch.Tensor]:
-    """Run every prompt from the zero state.
+    """Run every prompt from the model's initial state (zeros, or a tuned state).
 
     Args:
-        model: has ``forward(input_ids, state, return_state=True)`` and ``zero_state(B)``; when it also has
+        model: has ``forward(input_ids, state, return_state=True)`` and ``initial_state(B)``; when it also has
             ``forward_hidden`` and ``head`` (``RWKV7``), logits are computed for last tokens only.
         prompts: token id lists, each non-empty, of any lengths.
         chunk_size: most tokens per row in one forward call (bounds activation memory).
@@ -64,7 +64,7 @@ def _prefill_sorted(model: nn.Module, prompts: Sequence[Sequence[int]], chunk_si
 
     Rows that still have tokens are always a suffix ``prompts[first:]`` and all stand at ``position``.
     """
-    state = model.zero_state(len(prompts))
+    state = model.initial_state(len(prompts))
     done_states: list[RWKVState] = []
     done_logits: list[torch.Tensor] = []
     first, position = 0, 0

@@ -161,6 +161,12 @@ class Block(nn.Module):
         return x + ffn_out, v_first, att_shift, wkv_state, ffn_shift
 
 
+def base_model_of(model: nn.Module) -> nn.Module:
+    """The model inside an adapter wrapper (HF peft's ``PeftModel``, rwkvtune's ``StateTunedModel``: anything
+    with ``get_base_model()``), or ``model`` itself. A LoRA base holds the adapter layers in place."""
+    return model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+
+
 @dataclass
 class RWKV7Output:
     """Model outputs.
@@ -220,6 +226,11 @@ class RWKV7(nn.Module):
     def zero_state(self, batch_size: int) -> RWKVState:
         """Zero state for ``batch_size`` new sequences on this model's device and dtype."""
         return RWKVState.zeros(self.config, batch_size, device=self.device, dtype=self.dtype)
+
+    def initial_state(self, batch_size: int) -> RWKVState:
+        """The state ``batch_size`` new sequences start from: zeros (a state-tuned wrapper returns its
+        trained state here)."""
+        return self.zero_state(batch_size)
 
     def forward_hidden(
         self, input_ids: torch.Tensor, state: RWKVState | None = None

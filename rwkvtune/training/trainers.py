@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from rwkvtune.config.train import PretrainConfig, SFTConfig, TrainConfig
 from rwkvtune.data import BinidxWindows, collate, prepare_examples
@@ -19,15 +20,19 @@ from rwkvtune.engine.checkpoint import CHECKPOINT_NAME, TrainProgress, load_chec
 from rwkvtune.engine.fabric import full_state_dict, make_fabric, uses_deepspeed
 from rwkvtune.engine.host_memory import keep_freed_host_memory
 from rwkvtune.engine.loop import fit
+from rwkvtune.engine.master_weights import hold_for_training
 from rwkvtune.engine.metrics import MetricsWriter
 from rwkvtune.engine.optim import build_optimizer
 from rwkvtune.hub import AutoModel, AutoTokenizer, PretrainedRWKV7, save_pretrained
-from rwkvtune.model import RWKV7
+from rwkvtune.hub.files import staged_directory
+from rwkvtune.model import RWKV7, base_model_of
 from rwkvtune.tokenizer import WorldTokenizer
 
 logger = logging.getLogger(__name__)
 
 FINAL_DIR = "final"
+#: The dtype matrix products run in under each ``precision`` (frozen matrices are held in it).
+COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 class _Trainer:
@@ -37,36 +42,56 @@ class _Trainer:
 
     def __init__(
         self,
-        model: str | os.PathLike | RWKV7,
+        model: str | os.PathLike | nn.Module,
         args: TrainConfig | None = None,
         train_dataset: Any = None,
         processing_class: WorldTokenizer | None = None,
         eval_dataset: Any = None,
+        peft_config: Any = None,
     ):
         self.args = args if args is not None else self.config_class()
         if train_dataset is None:
             raise ValueError(f"{type(self).__name__} needs a train_dataset")
         if isinstance(model, (str, os.PathLike)):
-            # Full precision master weights: Fabric's mixed precision autocasts the compute.
-            self.model = AutoModel.from_pretrained(model, dtype="fp32")
+            # Full fine-tuning trains float32 masters of every weight; an adapter run keeps the file's dtype
+            # (train() holds the frozen base in the compute dtype, see engine.master_weights).
+            self.model = AutoModel.from_pretrained(model, dtype="fp32" if peft_config is None else None)
             self.tokenizer = processing_class or AutoTokenizer.from_pretrained(model)
-        elif isinstance(model, RWKV7):
+        elif isinstance(model, nn.Module) and isinstance(base_model_of(model), RWKV7):
             self.model = model
             self.tokenizer = processing_class or WorldTokenizer.default()
         else:
-            raise TypeError(f"model must be a hub directory path or an RWKV7 model, got {type(model).__name__}")
+            raise TypeError(f"model must be a hub directory path, an RWKV7 model, or one wrapped by "
+                            f"rwkvtune.peft.get_peft_model; got {type(model).__name__}")
+        if peft_config is not None:
+            if base_model_of(self.model) is not self.model:
+                raise ValueError("the model already carries an adapter; pass either a wrapped model or peft_config, "
+                                 "not both")
+            from rwkvtune.peft import get_peft_model  # HF peft is imported only for adapter runs
+
+            self.model = get_peft_model(self.model, peft_config)
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
 
-    def train(self) -> dict[str, float]:
-        """Train, save ``<output_dir>/final`` (a hub directory) and return the last logged metrics.
+    @property
+    def trains_adapter(self) -> bool:
+        """Whether the run trains an adapter (LoRA, a tuned state) on a frozen base rather than the model."""
+        return base_model_of(self.model) is not self.model
 
-        The model given is trained in place. Under a DeepSpeed strategy the engine keeps it (a 16-bit
-        copy, or ZeRO-3 shards) and it is not usable afterwards: load ``final`` with
+    def train(self) -> dict[str, float]:
+        """Train, save ``<output_dir>/final`` and return the last logged metrics.
+
+        ``final`` is a hub directory, or for an adapter run the adapter alone (LoRA: peft's files with the
+        train parts and the base fingerprint; state tuning: the state file), like every checkpoint of such
+        a run. The model given is trained in place. Under a DeepSpeed strategy the engine keeps it (a
+        16-bit copy, or ZeRO-3 shards) and it is not usable afterwards: load ``final`` with
         ``AutoModel.from_pretrained``.
         """
         config = self.args
         output_dir = Path(config.output_dir)
+        if self.trains_adapter and config.strategy.startswith("deepspeed"):
+            raise ValueError(f"LoRA and state tuning do not run under strategy={config.strategy!r} yet; use 'auto' "
+                             "or 'ddp' (an adapter's optimizer state is small, so ZeRO saves little)")
         resume = resolve_resume(output_dir, config.resume_from_checkpoint) if config.resume_from_checkpoint else None
         if resume is None:
             _check_fresh_output_dir(output_dir, config.overwrite_output_dir)
@@ -77,9 +102,10 @@ class _Trainer:
         rows = self._rows(self.train_dataset)
         eval_rows = self._rows(self.eval_dataset) if self.eval_dataset is not None else None
 
-        original_dtype = self.model.dtype
-        self.model.float()  # fp32 master weights in every precision mode
-        self.model.grad_cp = bool(config.grad_cp)
+        base = base_model_of(self.model)
+        original_dtype = base.dtype
+        base.grad_cp = bool(config.grad_cp)
+        restore_dtypes = hold_for_training(self.model, COMPUTE_DTYPES[config.precision])
         optimizer = build_optimizer(self.model, config)
         model, optimizer = fabric.setup(self.model, optimizer)
         progress = TrainProgress()
@@ -93,19 +119,27 @@ class _Trainer:
         def evaluate() -> float:
             return _eval_loss(fabric, model, eval_rows, config)
 
+        export = self.model.save_pretrained if self.trains_adapter else None
         try:
             last = fit(fabric, model, optimizer, rows, config, collate=collate, output_dir=output_dir,
-                       progress=progress, metrics=metrics, evaluate=evaluate if eval_rows is not None else None)
+                       progress=progress, metrics=metrics, evaluate=evaluate if eval_rows is not None else None,
+                       trainable_only=self.trains_adapter, export=export)
         finally:
             if metrics is not None:
                 metrics.close()
-        weights = full_state_dict(fabric, self.model)  # every process: DeepSpeed gathers here; rank 0 keeps it
-        if weights is not None:
-            self._save_final(output_dir / FINAL_DIR, {name: tensor.to(original_dtype) if tensor.is_floating_point()
-                                                      else tensor for name, tensor in weights.items()})
+        if self.trains_adapter:
+            if fabric.is_global_zero:
+                with staged_directory(output_dir / FINAL_DIR, overwrite=True) as staging:
+                    self.model.save_pretrained(staging)
+                logger.info("saved the final adapter to %s", output_dir / FINAL_DIR)
+        else:
+            weights = full_state_dict(fabric, self.model)  # every process: DeepSpeed gathers; rank 0 keeps it
+            if weights is not None:
+                self._save_final(output_dir / FINAL_DIR, {name: tensor.to(original_dtype) if tensor.is_floating_point()
+                                                          else tensor for name, tensor in weights.items()})
         fabric.barrier()
         if not uses_deepspeed(fabric):  # DeepSpeed's engine owns the module's storage
-            self.model.to(original_dtype)
+            restore_dtypes()
         return {**last, "step": progress.step}
 
     def _rows(self, dataset: Any):
@@ -115,7 +149,7 @@ class _Trainer:
                 raise ValueError(f"BinidxWindows has ctx_len {dataset.ctx_len} but the config has {self.args.ctx_len}")
             return dataset
         return prepare_examples(dataset, tokenizer=self.tokenizer, ctx_len=self.args.ctx_len,
-                                vocab_size=self.model.config.vocab_size)
+                                vocab_size=base_model_of(self.model).config.vocab_size)
 
     def _save_final(self, path: Path, weights: dict[str, torch.Tensor]) -> None:
         if isinstance(self.model, PretrainedRWKV7):
@@ -155,12 +189,14 @@ class SFTTrainer(_Trainer):
     """Supervised fine-tuning (``SFTConfig``): loss on labelled tokens only.
 
     Args:
-        model: a hub directory path, or a loaded ``RWKV7`` (trained in place).
+        model: a hub directory path, a loaded ``RWKV7`` (trained in place), or one wrapped by
+            ``rwkvtune.peft.get_peft_model`` (only the adapter is trained).
         args: ``SFTConfig`` (defaults if ``None``).
         train_dataset: HF ``Dataset`` / ``IterableDataset`` / list of dicts with ``input_ids`` (+
             ``labels``), ``messages``, ``prompt`` + ``completion``, or ``text``.
         processing_class: the tokenizer (default: the hub directory's, else the World tokenizer).
         eval_dataset: optional, same formats; its loss is logged as ``eval_loss``.
+        peft_config: ``rwkvtune.peft.LoraConfig`` or ``StateTuningConfig``: the trainer wraps the model.
     """
 
     config_class = SFTConfig

@@ -37,12 +37,12 @@ class ScriptedModel(nn.Module):
         self.register_buffer("next_id", next_id)
         self.step_batch_sizes: list[int] = []
 
-    def zero_state(self, batch_size: int) -> RWKVState:
+    def initial_state(self, batch_size: int) -> RWKVState:
         return RWKVState.zeros(self.config, batch_size, device=self.next_id.device)
 
     def forward(self, input_ids: torch.Tensor, state: RWKVState | None = None, return_state: bool = False):
         logits = 20.0 * F.one_hot(self.next_id[input_ids], self.config.vocab_size).float()  # [B, T, V]
-        state = state if state is not None else self.zero_state(input_ids.shape[0])
+        state = state if state is not None else self.initial_state(input_ids.shape[0])
         return SimpleNamespace(logits=logits, state=state if return_state else None)
 
     def step(self, token_ids: torch.Tensor, state: RWKVState) -> tuple[torch.Tensor, RWKVState]:
@@ -73,8 +73,8 @@ class StepCounter(nn.Module):
         self.config = inner.config
         self.step_batch_sizes: list[int] = []
 
-    def zero_state(self, batch_size: int) -> RWKVState:
-        return self.inner.zero_state(batch_size)
+    def initial_state(self, batch_size: int) -> RWKVState:
+        return self.inner.initial_state(batch_size)
 
     def forward(self, input_ids, state=None, return_state=False):
         return self.inner(input_ids, state, return_state=return_state)

@@ -1,0 +1,127 @@
+"""``rwkvtune-merge-lora``: fold a LoRA adapter (and its train parts) into its base model, as a hub directory.
+
+The merge runs in float32 whatever the files' dtypes, and the result is cast once to ``--precision``.
+Every check (paths, adapter files, the base's shape) runs before anything is written; the directory is
+built under a temporary name and renamed into place, and an existing one is replaced only with
+``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from rwkvtune.hub.auto import find_weights_file, load_model, resolve_dtype
+from rwkvtune.hub.files import TOKENIZER_CONFIG_FILE, VOCAB_FILE, staged_directory, write_json
+from rwkvtune.hub.tokenizer_files import save_tokenizer
+from rwkvtune.hub.weights import SAVE_FORMATS
+from rwkvtune.peft.lora import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, RWKVPeftModel
+from rwkvtune.peft.state_tuning import STATE_FILE
+from rwkvtune.tokenizer import WorldTokenizer
+from rwkvtune.version import __version__
+
+MERGE_INFO_FILE = "merge_info.json"
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rwkvtune-merge-lora",
+        description="Merge a LoRA adapter (an adapter directory or any checkpoint directory of a LoRA run, e.g. "
+                    "output_sft/epoch3) into its base model and write a hub directory with merge_info.json.",
+    )
+    parser.add_argument("--base-model", "-b", required=True, help="base model hub directory (or .pth/.safetensors)")
+    parser.add_argument("--lora-model", "-l", required=True, help="adapter directory or LoRA checkpoint directory")
+    parser.add_argument("--output", "-o", required=True, help="hub directory to create")
+    parser.add_argument("--device", default="cpu", help="where to merge: cpu (default) or cuda")
+    parser.add_argument("--precision", choices=PRECISIONS, default="bf16",
+                        help="dtype of the saved weights (the merge itself runs in fp32; default: bf16)")
+    parser.add_argument("--save-format", choices=SAVE_FORMATS, default="pth", help="weights format (default: pth)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    return parser
+
+
+def merge_lora(base_model: str | Path, lora_model: str | Path, output: str | Path, *, device: str = "cpu",
+               precision: str = "bf16", save_format: str = "pth", overwrite: bool = False) -> Path:
+    """Merge and write the hub directory ``output``; returns its path."""
+    base_path, lora_path, output = Path(base_model), Path(lora_model), Path(output)
+    _check_inputs(base_path, lora_path, output, device=device, precision=precision, save_format=save_format,
+                  overwrite=overwrite)
+    base = load_model(base_path, dtype="fp32", device=device)
+    adapted = RWKVPeftModel.from_pretrained(base, lora_path)  # refuses another base shape before any write
+    info = adapted.rwkv_info
+    lora = adapted.peft_config["default"]
+    merged = adapted.merge_and_unload(dtype=resolve_dtype(precision))
+    merge_info = {
+        "base_model": str(base_path.resolve()),
+        "base_weights_sha256": info.base_fingerprint["weights_sha256"],
+        "lora_model": str(lora_path.resolve()),
+        "r": lora.r, "lora_alpha": lora.lora_alpha, "use_rslora": lora.use_rslora, "use_dora": lora.use_dora,
+        "target_modules": sorted(lora.target_modules), "train_parts": list(info.train_parts),
+        "precision": precision, "save_format": save_format,
+        "merged_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "rwkvtune_version": __version__,
+    }
+    with staged_directory(output, overwrite=overwrite) as staging:
+        merged.hub_config["merged_lora"] = str(lora_path.resolve())
+        merged.save_pretrained(staging, save_format=save_format)
+        tokenizer_files = [base_path / name for name in (VOCAB_FILE, TOKENIZER_CONFIG_FILE)] if base_path.is_dir() else []
+        if tokenizer_files and all(path.is_file() for path in tokenizer_files):
+            for path in tokenizer_files:
+                shutil.copyfile(path, staging / path.name)
+        else:
+            save_tokenizer(WorldTokenizer.default(), staging)
+        write_json(staging / MERGE_INFO_FILE, merge_info)
+    return output
+
+
+def _check_inputs(base_path: Path, lora_path: Path, output: Path, *, device: str, precision: str, save_format: str,
+                  overwrite: bool) -> None:
+    """Every check that needs no weights loaded."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if save_format not in SAVE_FORMATS:
+        raise ValueError(f"--save-format must be one of {', '.join(SAVE_FORMATS)}, got {save_format!r}")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but no CUDA device is available; use --device cpu")
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"output directory {output} already exists; pass --overwrite to replace it, or choose "
+                              "another directory")
+    find_weights_file(base_path)
+    resolved = output.resolve()
+    if resolved == base_path.resolve() or resolved in base_path.resolve().parents or resolved == lora_path.resolve():
+        raise ValueError(f"--output {output} would replace the base model or the adapter it is made from; choose "
+                         "another directory")
+    if (lora_path / STATE_FILE).is_file() or lora_path.suffix in (".pth", ".safetensors"):
+        raise ValueError(f"{lora_path} is a tuned state, not a LoRA adapter: a state cannot be merged into the "
+                         "weights; load it beside the base with rwkvtune.peft.load_adapter(model, path)")
+    if not lora_path.is_dir():
+        raise FileNotFoundError(f"LoRA directory not found: {lora_path}")
+    missing = [name for name in (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE) if not (lora_path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{lora_path} is not a LoRA adapter: {', '.join(missing)} missing (a LoRA run writes "
+                                "them into every checkpoint directory and final/)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        out = merge_lora(args.base_model, args.lora_model, args.output, device=args.device, precision=args.precision,
+                         save_format=args.save_format, overwrite=args.overwrite)
+    except (OSError, ValueError) as err:  # bad input or a file-system problem: a message, not a traceback
+        print(f"rwkvtune-merge-lora: error: {err}", file=sys.stderr)
+        return 2
+    print(f"merged {args.lora_model} into {args.base_model}: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
