@@ -123,8 +123,8 @@ def load_checkpoint(fabric, path: Path, *, model, optimizer) -> TrainProgress:
         rest = fabric.load(path / STATE_FILE, {"model": model, "optimizer": optimizer}, weights_only=True)
         set_rng_state(rest["rng"])
         return TrainProgress(**rest["progress"])
-    rest = fabric.load(path / STATE_FILE, {"optimizer": optimizer}, strict=False, weights_only=True)
-    weights = rest.pop("model")
+    rest = fabric.load(path / STATE_FILE, weights_only=True)
+    weights = rest["model"]
     module = getattr(model, "module", model)  # Fabric's wrapper -> the module itself
     expected = trainable_names(model) if rest.get("trainable_only") else set(module.state_dict())
     missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - set(module.state_dict()))
@@ -132,6 +132,7 @@ def load_checkpoint(fabric, path: Path, *, model, optimizer) -> TrainProgress:
         raise ValueError(f"{path} does not match the model being trained (missing: {missing[:5]}, unexpected: "
                          f"{unexpected[:5]}); resume with the model, adapter and config the run was started with")
     module.load_state_dict(weights, strict=not rest.get("trainable_only"))
+    optimizer.load_state_dict(rest["optimizer"])
     set_rng_state(rest["rng"])
     return TrainProgress(**rest["progress"])
 

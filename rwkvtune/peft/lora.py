@@ -101,10 +101,11 @@ class RWKVPeftModel(peft.PeftModel):
         if initial is None:
             super().save_pretrained(str(out), safe_serialization=safe_serialization, **kwargs)
         else:
-            with tempfile.TemporaryDirectory() as tmp:
+            with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
                 initial_dir = Path(tmp) / "initial"
                 initial_dir.mkdir()
                 save_file({k: v.contiguous() for k, v in initial.items()}, str(initial_dir / ADAPTER_WEIGHTS_FILE))
+                warnings.filterwarnings("ignore", message=".*changes the base weights.*")  # the conversion's own load
                 super().save_pretrained(str(out), safe_serialization=True,
                                         path_initial_model_for_weight_conversion=str(initial_dir), **kwargs)
         parts = self.train_part_tensors()
@@ -158,7 +159,16 @@ class RWKVPeftModel(peft.PeftModel):
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
         """Run the base model: the adapter layers are bypassed and every tensor trained beside them holds
-        its base value until the block ends."""
+        its base value until the block ends.
+
+        Raises:
+            ValueError: the adapter was initialised with PiSSA, OLoRA or CorDA, which moved part of each
+                base weight into it: bypassing it would not give the base model.
+        """
+        if self.rwkv_info.initial_adapter is not None:
+            raise ValueError(f"init_lora_weights={self.active_peft_config.init_lora_weights!r} moved part of the "
+                             "base weights into the adapter, so disabling it would not give the base model; save the "
+                             "adapter and load it onto the base (it is saved as a plain LoRA) or train a plain LoRA")
         trained = self.trained_base_tensors()
         kept = {name: param.data for name, param in trained.items()}
         with super().disable_adapter():
