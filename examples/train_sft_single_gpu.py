@@ -6,7 +6,12 @@ Variables (defaults in brackets): MODEL_PATH [a new tiny RWKV-7, L2-C128], DATA_
 synthetic_tasks.py; a .jsonl/.json file with messages, prompt+completion, text or input_ids rows],
 CTX_LEN [512], MICRO_BSZ [4], EPOCH_COUNT [1], EPOCH_STEPS [none], LR_INIT [1e-4], LR_FINAL [1e-5],
 WARMUP_STEPS [10], ACCUMULATE_GRAD_BATCHES [1], GRAD_CP [1], PRECISION [bf16 on GPU, fp32 on CPU],
-DEVICES [1], SAVE_EVERY_N_BATCHES [0], OUTPUT_DIR [output_sft], REPORT_TO [none].
+DEVICES [1], SAVE_EVERY_N_BATCHES [0], OUTPUT_DIR [output_sft], REPORT_TO [none],
+LORA_R [0 = full fine-tuning; > 0 trains a LoRA adapter of this rank], LORA_ALPHA [2 x LORA_R],
+TRAIN_PARTS [none; e.g. ln,time: tensors trained full-rank beside LoRA].
+
+With LORA_R set, every checkpoint and final/ hold the adapter; merge it into the base with
+    rwkvtune-merge-lora -b $MODEL_PATH -l output_sft/final -o models/sft-merged
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from example_setup import env, model_path_or_tiny  # noqa: E402
 from synthetic_tasks import make_dataset  # noqa: E402
 
 from rwkvtune import AutoModel, AutoTokenizer  # noqa: E402
+from rwkvtune.peft import LoraConfig  # noqa: E402
 from rwkvtune.training import SFTConfig, SFTTrainer  # noqa: E402
 
 
@@ -50,11 +56,14 @@ def main() -> None:
         output_dir=output_dir,
         resume_from_checkpoint=env("RESUME", None),
     )
+    lora_r = env("LORA_R", 0, int)
+    lora = LoraConfig(r=lora_r, lora_alpha=env("LORA_ALPHA", 2 * lora_r, int),
+                      train_parts=env("TRAIN_PARTS", None)) if lora_r else None
     model = AutoModel.from_pretrained(model_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
     print(trainer.train())
-    print(f"final model: {Path(output_dir) / 'final'}")
+    print(f"final {'adapter' if lora else 'model'}: {Path(output_dir) / 'final'}")
 
 
 if __name__ == "__main__":

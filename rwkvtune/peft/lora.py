@@ -141,10 +141,13 @@ class RWKVPeftModel(peft.PeftModel):
                           f"{saved[:16]}...), but this base {_base_name(fingerprint)} has other weights (sha256 "
                           f"{fingerprint['weights_sha256'][:16]}...): it loads, but the result is not what was "
                           "trained", stacklevel=2)
+        train_parts = tuple(info.get("train_parts", ()))
+        beside = dict(train_part_parameters(base, train_parts))
+        if read_json(path / ADAPTER_CONFIG_FILE).get("bias", "none") != "none":  # peft saved trained biases
+            beside.update((name, param) for name, param in base.named_parameters() if "bias" in name)
+        base_values = _snapshot(iter(beside.items()))  # before the adapter's values are loaded over them
         wrapped = super().from_pretrained(base, str(path), adapter_name=adapter_name, is_trainable=is_trainable,
                                           config=config, **kwargs)
-        train_parts = tuple(info.get("train_parts", ()))
-        base_values = _snapshot(train_part_parameters(base, train_parts))
         if train_parts:
             saved_parts = load_file(str(path / TRAIN_PARTS_FILE))
             with torch.no_grad():

@@ -33,16 +33,16 @@ TRAIN_PARTS: dict[str, re.Pattern[str]] = {
 }
 
 
-def resolve_target_modules(target_modules: str | Iterable[str]) -> list[str]:
-    """``"auto"`` -> :data:`AUTO_TARGETS`; a list is checked name by name.
+def resolve_target_modules(target_modules: str | Iterable[str] | None) -> list[str]:
+    """``"auto"`` (or ``None``) -> :data:`AUTO_TARGETS`; a list is checked name by name.
 
     ``"att"`` and ``"ffn"`` stand for all projections of that half of the block.
 
     Raises:
         ValueError: an unknown name (all listed, with the valid ones).
     """
-    if isinstance(target_modules, str):
-        names = list(AUTO_TARGETS) if target_modules == "auto" else [target_modules]
+    if target_modules is None or isinstance(target_modules, str):
+        names = list(AUTO_TARGETS) if target_modules in (None, "auto") else [target_modules]
     else:
         names = list(target_modules)
     unknown = [name for name in names if name not in VALID_TARGETS]

@@ -56,6 +56,10 @@ def test_peft_options_save_load_and_merge_exactly(options, tmp_path):
         assert saved["r"] == 8 and saved["init_lora_weights"] is True
     reloaded = load_adapter(base_model(), tmp_path)
     assert (logits(reloaded) - trained).abs().max() < 1e-5
+    if "init_lora_weights" not in options:  # disabled: the base exactly, trained biases and train parts included
+        for adapted in (model, reloaded):
+            with adapted.disable_adapter():
+                assert torch.equal(logits(adapted), logits(base_model()))
     merged = reloaded.merge_and_unload()
     assert type(merged) is RWKV7 and (logits(merged) - trained).abs().max() < 1e-5
     assert (logits(model.merge_and_unload()) - trained).abs().max() < 1e-5
