@@ -139,3 +139,17 @@ def test_lora_under_deepspeed_is_refused_up_front(tmp_path):
                          train_dataset=rows(), peft_config=LoraConfig(r=2))
     with pytest.raises(ValueError, match="do not run under strategy='deepspeed_stage_2' yet"):
         trainer.train()
+
+
+def test_seed_snippet_as_written_trains_in_bf16_and_restores_dtypes(tmp_path):
+    model = base_model().to(torch.bfloat16)  # AutoModel.from_pretrained of an official (bf16) checkpoint
+    lora_config = LoraConfig(r=64, lora_alpha=128, lora_dropout=0.0)
+    model = get_peft_model(model, lora_config)
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    config = SFTConfig(ctx_len=16, micro_bsz=4, epoch_count=3, output_dir=str(tmp_path))  # precision="bf16", grad_cp=1
+    trainer = SFTTrainer(model=model, args=config, train_dataset=rows())
+    result = trainer.train()
+    assert result["step"] == 6 and torch.isfinite(torch.tensor(result["loss"]))
+    assert {name: p.dtype for name, p in model.named_parameters()} == dtypes  # lora_* float32, base bf16
+    reloaded = load_adapter(base_model().to(torch.bfloat16), tmp_path / "final")
+    assert torch.equal(logits(reloaded), logits(model))
