@@ -96,12 +96,16 @@ def _check_inputs(base_path: Path, lora_path: Path, output: Path, *, device: str
                               "another directory")
     find_weights_file(base_path)
     resolved = output.resolve()
-    if resolved == base_path.resolve() or resolved in base_path.resolve().parents or resolved == lora_path.resolve():
-        raise ValueError(f"--output {output} would replace the base model or the adapter it is made from; choose "
-                         "another directory")
-    if (lora_path / STATE_FILE).is_file() or lora_path.suffix in (".pth", ".safetensors"):
+    for source in (base_path.resolve(), lora_path.resolve()):
+        if resolved == source or resolved in source.parents:
+            raise ValueError(f"--output {output} would replace {source}, which the merge reads (the base model, the "
+                             "adapter or the run holding it); choose another directory")
+    if (lora_path / STATE_FILE).is_file() or lora_path.name == STATE_FILE:
         raise ValueError(f"{lora_path} is a tuned state, not a LoRA adapter: a state cannot be merged into the "
                          "weights; load it beside the base with rwkvtune.peft.load_adapter(model, path)")
+    if lora_path.is_file():
+        raise ValueError(f"--lora-model must be a directory (an adapter or a LoRA checkpoint directory such as "
+                         f"output_sft/epoch3), got the file {lora_path}; pass {lora_path.parent}")
     if not lora_path.is_dir():
         raise FileNotFoundError(f"LoRA directory not found: {lora_path}")
     missing = [name for name in (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE) if not (lora_path / name).is_file()]

@@ -21,7 +21,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from rwkvtune.engine.fabric import uses_deepspeed
 
 CHECKPOINT_NAME = re.compile(r"^(batch|epoch)\d+$")
 STATE_FILE = "state.pt"
@@ -119,7 +118,7 @@ def load_checkpoint(fabric, path: Path, *, model, optimizer) -> TrainProgress:
 
     A checkpoint with only the trained tensors must hold exactly the tensors ``model`` trains.
     """
-    if uses_deepspeed(fabric):  # the engine restores its own (possibly sharded) module and optimizer
+    if not _holds_whole_tensors(fabric):  # DeepSpeed and FSDP restore their own, possibly sharded, state
         rest = fabric.load(path / STATE_FILE, {"model": model, "optimizer": optimizer}, weights_only=True)
         set_rng_state(rest["rng"])
         return TrainProgress(**rest["progress"])
@@ -141,3 +140,11 @@ def trainable_names(model) -> set[str]:
     """State-dict keys of the parameters ``model`` trains (Fabric's wrapper looked through)."""
     module = getattr(model, "module", model)
     return {name for name, param in module.named_parameters() if param.requires_grad}
+
+
+def _holds_whole_tensors(fabric) -> bool:
+    """Whether the strategy keeps every tensor whole on each process (one device, DDP): then a checkpoint is
+    a plain state dict this module can check and load itself."""
+    from lightning_fabric.strategies import DDPStrategy, SingleDeviceStrategy
+
+    return isinstance(fabric.strategy, (SingleDeviceStrategy, DDPStrategy))

@@ -3,11 +3,13 @@
 Mixed precision (Fabric's ``bf16-mixed``) keeps every weight in float32 and lets autocast cast it to bf16
 in each matrix product. For a trained weight that float32 copy is the optimizer's master. For a frozen
 one (a LoRA or state-tuning base) it only costs memory: the product sees the same bf16 values whether the
-weight is held in float32 or in bf16 (official checkpoints are bf16, so holding them in bf16 rounds
-nothing). So frozen weights that enter only autocast matrix products -- linear layers, including the base
-layers under LoRA adapters, and the low-rank MLP matrices of the time mix -- are held in the compute
-dtype. Everything else stays float32: frozen vectors and norms feed element-wise ops that autocast does
-not cast, and the embedding's output is the residual stream, which must stay float32 as in full training.
+weight is held in float32 or in bf16. So frozen weights that enter only autocast matrix products --
+linear layers, including the base layers under LoRA adapters, and the low-rank MLP matrices of the time
+mix -- are held in the compute dtype, provided their values are exactly representable in it (official
+checkpoints are bf16, so they are; a float32 base that is not keeps float32, since rounding it would
+change the model for good). Everything else stays float32: frozen vectors and norms feed element-wise ops
+that autocast does not cast, and the embedding's output is the residual stream, which must stay float32
+as in full training.
 """
 
 from __future__ import annotations
@@ -34,20 +36,25 @@ def matmul_only_weights(model: nn.Module) -> set[int]:
     return found
 
 
-def hold_for_training(model: nn.Module, compute_dtype: torch.dtype) -> Callable[[], None]:
+def hold_for_training(model: nn.Module, compute_dtype: torch.dtype, *,
+                      restore_trained: bool = True) -> Callable[[], None]:
     """Cast ``model``'s tensors for training and return a function that restores their dtypes.
 
     Trainable parameters and all buffers become float32; frozen matrix-product weights become
-    ``compute_dtype`` (float32 without mixed precision); other frozen parameters float32.
+    ``compute_dtype`` when that is exact (float32 without mixed precision); other frozen parameters
+    float32. Restoring is lossless for every frozen tensor; trained ones are cast back too unless
+    ``restore_trained`` is False (then they keep their float32 values).
     """
     low = matmul_only_weights(model) if compute_dtype != torch.float32 else set()
     original: list[tuple[torch.Tensor, torch.dtype]] = []
-    tensors = [(p, compute_dtype if (not p.requires_grad and id(p) in low) else torch.float32)
-               for p in {id(p): p for p in model.parameters()}.values()]
+    params = {id(p): p for p in model.parameters()}.values()
+    tensors = [(p, compute_dtype if not p.requires_grad and id(p) in low and _exact_in(p, compute_dtype)
+                else torch.float32) for p in params]
     tensors += [(b, torch.float32) for b in model.buffers()]
     for tensor, dtype in tensors:
         if tensor.is_floating_point() and tensor.dtype != dtype:
-            original.append((tensor, tensor.dtype))
+            if restore_trained or not tensor.requires_grad:
+                original.append((tensor, tensor.dtype))
             tensor.data = tensor.data.to(dtype)
 
     def restore() -> None:
@@ -55,3 +62,12 @@ def hold_for_training(model: nn.Module, compute_dtype: torch.dtype) -> Callable[
             tensor.data = tensor.data.to(dtype)
 
     return restore
+
+
+def _exact_in(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether every value of ``tensor`` survives a round trip through ``dtype``."""
+    if tensor.dtype == dtype:
+        return True
+    if torch.finfo(tensor.dtype).bits < torch.finfo(dtype).bits:
+        return True  # widening is exact
+    return torch.equal(tensor.detach().to(dtype).to(tensor.dtype), tensor.detach())

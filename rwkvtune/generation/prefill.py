@@ -30,7 +30,8 @@ def prefill(
     """Run every prompt from the model's initial state (zeros, or a tuned state).
 
     Args:
-        model: has ``forward(input_ids, state, return_state=True)`` and ``initial_state(B)``; when it also has
+        model: has ``forward(input_ids, state, return_state=True)`` and ``initial_state(B)`` (or, in
+            models written before it, ``zero_state(B)``); when it also has
             ``forward_hidden`` and ``head`` (``RWKV7``), logits are computed for last tokens only.
         prompts: token id lists, each non-empty, of any lengths.
         chunk_size: most tokens per row in one forward call (bounds activation memory).
@@ -64,7 +65,8 @@ def _prefill_sorted(model: nn.Module, prompts: Sequence[Sequence[int]], chunk_si
 
     Rows that still have tokens are always a suffix ``prompts[first:]`` and all stand at ``position``.
     """
-    state = model.initial_state(len(prompts))
+    start = getattr(model, "initial_state", None) or model.zero_state
+    state = start(len(prompts))
     done_states: list[RWKVState] = []
     done_logits: list[torch.Tensor] = []
     first, position = 0, 0

@@ -10,8 +10,8 @@ from torch import nn
 
 from rwkvtune.model import RWKV7
 from rwkvtune.peft.config import StateTuningConfig
-from rwkvtune.peft.lora import RWKVPeftModel, wrap_lora
-from rwkvtune.peft.state_tuning import STATE_FILE, StateTunedModel, load_state, load_state_tuning
+from rwkvtune.peft.lora import ADAPTER_WEIGHTS_FILE, RWKVPeftModel, wrap_lora
+from rwkvtune.peft.state_tuning import STATE_FILE, StateTunedModel, load_state_tuning
 
 PeftConfigLike = peft.LoraConfig | StateTuningConfig
 
@@ -30,8 +30,8 @@ def get_peft_model(model: RWKV7, peft_config: PeftConfigLike, adapter_name: str 
     if isinstance(peft_config, StateTuningConfig):
         if not isinstance(model, RWKV7):
             raise TypeError(f"state tuning needs a plain RWKV7 model, got {type(model).__name__}")
-        start = load_state(peft_config.init_state, model)[0] if peft_config.init_state else None
-        wrapped: nn.Module = StateTunedModel(model, start)
+        wrapped: nn.Module = (load_state_tuning(model, peft_config.init_state) if peft_config.init_state
+                              else StateTunedModel(model))
     elif isinstance(peft_config, peft.LoraConfig):
         wrapped = wrap_lora(model, peft_config, adapter_name)
     else:
@@ -47,10 +47,14 @@ def load_adapter(model: RWKV7, path: str | os.PathLike, *, is_trainable: bool = 
                  ) -> RWKVPeftModel | StateTunedModel:
     """Put a saved adapter onto the plain base ``model``: a LoRA adapter directory or checkpoint directory
     (-> ``RWKVPeftModel``), or a tuned state (a state-tuning checkpoint directory or state file ->
-    ``StateTunedModel``)."""
+    ``StateTunedModel``). ``is_trainable``: train it further (else it is frozen)."""
     path = Path(path)
+    if path.name == ADAPTER_WEIGHTS_FILE:
+        path = path.parent
     if path.is_file() or (path / STATE_FILE).is_file():
-        return load_state_tuning(model, path)
+        tuned = load_state_tuning(model, path)
+        tuned.time_state.requires_grad_(is_trainable)
+        return tuned
     return RWKVPeftModel.from_pretrained(model, path, is_trainable=is_trainable)
 
 

@@ -108,6 +108,8 @@ class RWKVPeftModel(peft.PeftModel):
                 warnings.filterwarnings("ignore", message=".*changes the base weights.*")  # the conversion's own load
                 super().save_pretrained(str(out), safe_serialization=True,
                                         path_initial_model_for_weight_conversion=str(initial_dir), **kwargs)
+        if self.active_adapter != "default":  # peft puts a named adapter in a folder of that name
+            out = out / self.active_adapter
         parts = self.train_part_tensors()
         if state_dict is not None:
             parts = {name: state_dict[_PEFT_PREFIX + name] for name in parts}
@@ -157,6 +159,28 @@ class RWKVPeftModel(peft.PeftModel):
         wrapped.rwkv_info = AdapterInfo(train_parts, fingerprint, base.dtype, base_values)
         return wrapped
 
+    def check_resume(self, checkpoint: str | os.PathLike) -> None:
+        """Refuse to resume from a checkpoint of another adapter (rank, alpha, targets, variant, train parts)
+        or of another base: its tensors could load, but the run would not continue the one saved."""
+        path = Path(checkpoint)
+        saved = read_json(path / ADAPTER_CONFIG_FILE) if (path / ADAPTER_CONFIG_FILE).is_file() else {}
+        info = read_json(path / ADAPTER_INFO_FILE) if (path / ADAPTER_INFO_FILE).is_file() else {}
+        current = self.active_peft_config
+        fields = ("use_rslora", "use_dora", "bias")
+        if self.rwkv_info.initial_adapter is None:  # a PiSSA-style adapter is saved converted (twice the rank)
+            fields = ("r", "lora_alpha", "target_modules", *fields)
+        problems = [f"{name}: {saved[name]!r} in the checkpoint vs {_comparable(getattr(current, name))!r} now"
+                    for name in fields if name in saved and _comparable(saved[name]) != _comparable(getattr(current, name))]
+        if "train_parts" in info and tuple(info["train_parts"]) != self.rwkv_info.train_parts:
+            problems.append(f"train_parts: {info['train_parts']} in the checkpoint vs {list(self.rwkv_info.train_parts)} now")
+        saved_hash = info.get("base", {}).get("weights_sha256")
+        if saved_hash is not None and saved_hash != self.rwkv_info.base_fingerprint["weights_sha256"]:
+            problems.append(f"base weights sha256: {saved_hash[:16]}... in the checkpoint vs "
+                            f"{self.rwkv_info.base_fingerprint['weights_sha256'][:16]}... now")
+        if problems:
+            raise ValueError(f"cannot resume from {path}: it was trained with another adapter or base:\n  "
+                             + "\n  ".join(problems) + "\nResume with the model and LoraConfig the run started with")
+
     # ---- using --------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -199,16 +223,24 @@ def wrap_lora(model: RWKV7, config: peft.LoraConfig, adapter_name: str = "defaul
     peft_config = config.to_peft() if hasattr(config, "to_peft") else config
     fingerprint = base_fingerprint(base)  # before a PiSSA-style init rewrites the base
     dtype = base.dtype
+    init = str(peft_config.init_lora_weights).lower()
+    if init.startswith(MUTATING_INITS):
+        # The residual W - B0 A0 must be exact for the adapter saved as a plain LoRA to reproduce the trained
+        # model on the original base: held in bf16 it would be rounded. Such a base stays float32.
+        base.float()
     wrapped = RWKVPeftModel(base, peft_config, adapter_name)
     for _, param in train_part_parameters(base, train_parts):
         param.requires_grad_(True)
     beside = ((name, param) for name, param in base.named_parameters() if param.requires_grad and "lora_" not in name)
-    init = str(peft_config.init_lora_weights).lower()
     initial = None
     if init.startswith(MUTATING_INITS):
         initial = {k: v.detach().clone() for k, v in get_peft_model_state_dict(wrapped, adapter_name=adapter_name).items()}
     wrapped.rwkv_info = AdapterInfo(train_parts, fingerprint, dtype, _snapshot(beside), initial)
     return wrapped
+
+
+def _comparable(value: Any) -> Any:
+    return sorted(value) if isinstance(value, (list, set, tuple)) else value
 
 
 def check_adapter_dir(path: Path, base: RWKV7) -> dict[str, Any]:
@@ -235,9 +267,17 @@ def check_adapter_dir(path: Path, base: RWKV7) -> dict[str, Any]:
     if problems:
         raise ValueError(f"the adapter in {path} does not fit this base:\n  " + "\n  ".join(problems[:10])
                          + "\nLoad the base model the adapter was trained on")
-    if info.get("train_parts") and not (path / TRAIN_PARTS_FILE).is_file():
-        raise FileNotFoundError(f"{path} trained {', '.join(info['train_parts'])} beside LoRA but "
-                                f"{TRAIN_PARTS_FILE} is missing; copy the whole checkpoint directory")
+    if info.get("train_parts"):
+        if not (path / TRAIN_PARTS_FILE).is_file():
+            raise FileNotFoundError(f"{path} trained {', '.join(info['train_parts'])} beside LoRA but "
+                                    f"{TRAIN_PARTS_FILE} is missing; copy the whole checkpoint directory")
+        expected = {name: tuple(param.shape) for name, param in train_part_parameters(base, info["train_parts"])}
+        with safe_open(str(path / TRAIN_PARTS_FILE), framework="pt") as f:
+            found = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+        if found != expected:
+            wrong = sorted(set(found) ^ set(expected)) + sorted(k for k in found if k in expected and found[k] != expected[k])
+            raise ValueError(f"{path / TRAIN_PARTS_FILE} does not hold the train parts "
+                             f"{', '.join(info['train_parts'])} of this base (mismatched: {', '.join(wrong[:5])})")
     return info
 
 

@@ -124,6 +124,17 @@ class StateTunedModel(nn.Module):
 
         return generate(self, prompts, params, tokenizer)
 
+    def check_resume(self, checkpoint: str | os.PathLike) -> None:
+        """Refuse to resume from a state tuned on another base (the shapes are checked on load)."""
+        path = Path(checkpoint) / STATE_FILE
+        if not path.is_file():
+            return
+        saved = load_state(path, self.model)[1] or {}
+        if saved.get("weights_sha256", self.base_fingerprint["weights_sha256"]) != self.base_fingerprint["weights_sha256"]:
+            raise ValueError(f"cannot resume from {checkpoint}: its state was tuned on a base with weights sha256 "
+                             f"{saved['weights_sha256'][:16]}..., this base has "
+                             f"{self.base_fingerprint['weights_sha256'][:16]}...; resume with the base the run started with")
+
     def save_pretrained(self, save_directory: str | os.PathLike, *,
                         state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """Write ``state_tuning.safetensors`` into ``save_directory``; returns the file's path.

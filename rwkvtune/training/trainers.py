@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 FINAL_DIR = "final"
 #: The dtype matrix products run in under each ``precision`` (frozen matrices are held in it).
 COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+#: Strategies an adapter run supports: its checkpoints keep only the trained tensors, which sharded
+#: strategies (FSDP, DeepSpeed) do not allow, and its optimizer state is too small to be worth sharding.
+ADAPTER_STRATEGIES = ("auto", "ddp", "ddp_spawn", "single_device")
 
 
 class _Trainer:
@@ -69,6 +72,7 @@ class _Trainer:
                                  "not both")
             from rwkvtune.peft import get_peft_model  # HF peft is imported only for adapter runs
 
+            torch.manual_seed(self.args.seed)  # the adapter's random init (and PiSSA's randomised SVD) repeat
             self.model = get_peft_model(self.model, peft_config)
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
@@ -89,9 +93,9 @@ class _Trainer:
         """
         config = self.args
         output_dir = Path(config.output_dir)
-        if self.trains_adapter and config.strategy.startswith("deepspeed"):
+        if self.trains_adapter and config.strategy not in ADAPTER_STRATEGIES:
             raise ValueError(f"LoRA and state tuning do not run under strategy={config.strategy!r} yet; use 'auto' "
-                             "or 'ddp' (an adapter's optimizer state is small, so ZeRO saves little)")
+                             "or 'ddp' (an adapter's optimizer state is small, so sharding saves little)")
         resume = resolve_resume(output_dir, config.resume_from_checkpoint) if config.resume_from_checkpoint else None
         if resume is None:
             _check_fresh_output_dir(output_dir, config.overwrite_output_dir)
@@ -105,11 +109,41 @@ class _Trainer:
         base = base_model_of(self.model)
         original_dtype = base.dtype
         base.grad_cp = bool(config.grad_cp)
-        restore_dtypes = hold_for_training(self.model, COMPUTE_DTYPES[config.precision])
+        # An adapter run leaves its trained tensors (LoRA weights, train parts, a state) in float32: what
+        # final/ holds, so that merging in memory gives what merging the saved adapter gives.
+        restore_dtypes = hold_for_training(self.model, COMPUTE_DTYPES[config.precision],
+                                           restore_trained=not self.trains_adapter)
+        try:
+            last = self._fit(fabric, config, rows, eval_rows, resume, output_dir)
+        except BaseException:
+            if not uses_deepspeed(fabric):
+                restore_dtypes()  # leave the caller's model usable, as it was given
+            raise
+        if self.trains_adapter:
+            if fabric.is_global_zero:
+                with staged_directory(output_dir / FINAL_DIR, overwrite=True) as staging:
+                    self.model.save_pretrained(staging)
+                logger.info("saved the final adapter to %s", output_dir / FINAL_DIR)
+        else:
+            weights = full_state_dict(fabric, self.model)  # every process: DeepSpeed gathers; rank 0 keeps it
+            if weights is not None:
+                self._save_final(output_dir / FINAL_DIR, {name: tensor.to(original_dtype) if tensor.is_floating_point()
+                                                          else tensor for name, tensor in weights.items()})
+        fabric.barrier()
+        if not uses_deepspeed(fabric):  # DeepSpeed's engine owns the module's storage
+            restore_dtypes()
+        return last
+
+    def _fit(self, fabric, config: TrainConfig, rows, eval_rows, resume: Path | None,
+             output_dir: Path) -> dict[str, float]:
+        """The optimizer, Fabric's set-up, resume and the loop; returns the last metrics with ``step``."""
         optimizer = build_optimizer(self.model, config)
         model, optimizer = fabric.setup(self.model, optimizer)
         progress = TrainProgress()
         if resume is not None:
+            check = getattr(self.model, "check_resume", None)  # an adapter compares its settings and base
+            if check is not None:
+                check(resume)
             progress = load_checkpoint(fabric, resume, model=model, optimizer=optimizer)
             logger.info("resumed from %s at step %d", resume, progress.step)
         if fabric.is_global_zero:
@@ -127,19 +161,6 @@ class _Trainer:
         finally:
             if metrics is not None:
                 metrics.close()
-        if self.trains_adapter:
-            if fabric.is_global_zero:
-                with staged_directory(output_dir / FINAL_DIR, overwrite=True) as staging:
-                    self.model.save_pretrained(staging)
-                logger.info("saved the final adapter to %s", output_dir / FINAL_DIR)
-        else:
-            weights = full_state_dict(fabric, self.model)  # every process: DeepSpeed gathers; rank 0 keeps it
-            if weights is not None:
-                self._save_final(output_dir / FINAL_DIR, {name: tensor.to(original_dtype) if tensor.is_floating_point()
-                                                          else tensor for name, tensor in weights.items()})
-        fabric.barrier()
-        if not uses_deepspeed(fabric):  # DeepSpeed's engine owns the module's storage
-            restore_dtypes()
         return {**last, "step": progress.step}
 
     def _rows(self, dataset: Any):

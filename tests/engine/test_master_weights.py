@@ -59,3 +59,15 @@ def test_full_training_keeps_float32_masters_of_everything():
     assert {t.dtype for t in [*model.parameters(), *model.buffers()]} == {torch.float32}
     restore()
     assert {t.dtype for t in [*model.parameters(), *model.buffers()]} == {torch.bfloat16}
+
+
+def test_a_float32_base_that_bf16_would_round_stays_float32():
+    base = RWKV7(CONFIG)
+    base.load_state_dict(random_state_dict(CONFIG, seed=0))  # float64 draws: not bf16-representable
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    model = get_peft_model(base, LoraConfig(r=4), verbose=False)
+    restore = hold_for_training(model, torch.bfloat16, restore_trained=False)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    restore()
+    after = {k.replace(".base_layer", ""): v for k, v in model.get_base_model().state_dict().items() if "lora_" not in k}
+    assert all(torch.equal(after[k], before[k]) for k in before)

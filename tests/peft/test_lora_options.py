@@ -65,6 +65,16 @@ def test_peft_options_save_load_and_merge_exactly(options, tmp_path):
     assert (logits(model.merge_and_unload()) - trained).abs().max() < 1e-5
 
 
+def test_pissa_on_a_bf16_base_saves_an_exact_plain_lora(tmp_path):
+    model = get_peft_model(base_model().to(torch.bfloat16), LoraConfig(r=4, init_lora_weights="pissa"), verbose=False)
+    perturb(model)
+    trained = logits(model)
+    model.save_pretrained(tmp_path)
+    reloaded = load_adapter(base_model().to(torch.bfloat16), tmp_path)
+    assert (logits(reloaded.merge_and_unload(dtype=torch.float32)) - trained).abs().max() < 1e-4
+    assert model.merge_and_unload().dtype == torch.bfloat16  # the base's dtype when it was wrapped
+
+
 def test_disabling_a_base_rewriting_init_is_refused():
     model = get_peft_model(base_model(), LoraConfig(r=4, init_lora_weights="pissa"), verbose=False)
     with pytest.raises(ValueError, match="moved part of the base weights into the adapter"):
@@ -128,7 +138,8 @@ def test_peft_config_entry_and_exact_resume(tmp_path):
         assert m["loss"] == pytest.approx(first[m["step"] - 1]["loss"], abs=1e-6)
     a_model, b_model = (load_adapter(base_model(), d / "final") for d in (tmp_path / "a", b))
     assert (logits(a_model) - logits(b_model)).abs().max() < 1e-6
-    with pytest.raises(ValueError, match="does not match the model being trained"):
+    with pytest.raises(ValueError, match=r"cannot resume from .*batch3: it was trained with another adapter or base:"
+                                         r"\n  lora_alpha: 8 in the checkpoint vs 128 now"):
         SFTTrainer(base_model(), SFTConfig(output_dir=str(b), resume_from_checkpoint=str(b / "batch3"), **common),
                    train_dataset=rows(), peft_config=LoraConfig(r=4, target_modules=["att.key"])).train()
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from safetensors.torch import save_file
 
 from checkpoints import random_state_dict, tiny_config
 from rwkv_oracle import load_reference, reference_sequence
@@ -156,6 +157,11 @@ def test_missing_adapter_file_is_named(run, capsys):
     (broken / "train_parts.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="train_parts.safetensors is missing"):
         load_adapter(AutoModel.from_pretrained(run["hub"]), broken)
+    save_file({"blocks.0.ln1.weight": torch.ones(64)}, str(broken / "train_parts.safetensors"))
+    base = AutoModel.from_pretrained(run["hub"])
+    with pytest.raises(ValueError, match="does not hold the train parts ln, time of this base"):
+        load_adapter(base, broken)
+    assert type(base.blocks[0].att.key) is torch.nn.Linear  # refused before any adapter layer went in
     assert merge_main(["-b", str(run["hub"]), "-l", str(run["root"] / "nowhere"), "-o", str(out)]) == 2
     assert "LoRA directory not found" in capsys.readouterr().err
 
@@ -171,9 +177,11 @@ def test_existing_output_needs_overwrite(run, capsys):
     assert merge_main([*args, "--overwrite"]) == 0
     merged = AutoModel.from_pretrained(out)
     assert merged.dtype == torch.bfloat16 and not (out / "keep.txt").exists()  # --precision defaults to bf16
-    assert merge_main(["-b", str(run["hub"]), "-l", str(run["out"] / "final"), "-o", str(run["hub"]),
-                       "--overwrite"]) == 2
-    assert "would replace the base model" in capsys.readouterr().err
+    for target in (run["hub"], run["out"], run["out"] / "final"):  # never over what the merge reads
+        assert merge_main(["-b", str(run["hub"]), "-l", str(run["out"] / "final"), "-o", str(target),
+                           "--overwrite"]) == 2
+        assert "which the merge reads" in capsys.readouterr().err
+    assert (run["out"] / "epoch1").is_dir() and (run["out"] / "final" / "adapter_config.json").is_file()
 
 
 def test_same_shape_other_weights_warns_naming_both(run):

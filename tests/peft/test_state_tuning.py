@@ -63,8 +63,10 @@ def test_saved_state_restores_the_trained_model(run):
     final = run["out"] / "final"
     assert [p.name for p in final.iterdir()] == [STATE_FILE]
     assert (final / STATE_FILE).stat().st_size < 2 * 4 * 64 * 64 + 4096  # L x H x N x N float32 + header
+    assert not load_adapter(base_model(), final).time_state.requires_grad
     for source in (final, final / STATE_FILE, run["out"] / "epoch12"):
-        loaded = load_adapter(base_model(), source)
+        loaded = load_adapter(base_model(), source, is_trainable=True)
+        assert loaded.time_state.requires_grad
         assert torch.equal(loaded.time_state, run["tuned"].time_state)
         assert greedy(loaded) == ANSWER
         assert loaded.generate([PROMPT], SamplingParams(max_new_tokens=3, temperature=0))[0].token_ids == ANSWER
