@@ -32,7 +32,7 @@ def main() -> None:
     ctx_len = env("CTX_LEN", 512, int)
     model_path = model_path_or_tiny(output_dir, ctx_len)
     if env("BINIDX_PATH", None):
-        dataset = BinidxWindows(env("BINIDX_PATH", None), ctx_len)
+        dataset = BinidxWindows(env("BINIDX_PATH", None))
     elif env("DATA_PATH", None):
         dataset = load_dataset("json", data_files=env("DATA_PATH", None))["train"]
     else:

@@ -33,7 +33,6 @@ class TrainConfig:
     micro_bsz: int = _help("Sequences per device per forward/backward.", 4)
     accumulate_grad_batches: int = _help("Micro-batches per optimizer step (loss normalised by target tokens "
                                          "over the whole window).", 1)
-    dataloader_num_workers: int = _help("DataLoader worker processes (0 = load in the training process).", 0)
 
     # Length of training
     epoch_count: int = _help("Passes over the training data.", 10)
@@ -54,9 +53,12 @@ class TrainConfig:
     # Memory and numerics
     grad_cp: int = _help("1 = recompute each block in backward (less memory, ~30% more compute); 0 = off.", 1)
     precision: str = _help("bf16 or fp16 (mixed: fp32 master weights) or fp32.", "bf16")
-    train_type: str = _help("normal, or infctx (chunked, state-carrying; needs chunk_ctx).", "normal")
-    chunk_ctx: int = _help("Tokens per chunk in infctx training.", 512)
-    truncated_bptt: bool = _help("infctx: stop gradients at chunk boundaries (memory O(chunk_ctx)).", True)
+    train_type: str = _help("normal (whole rows), or infctx: each row in chunks of chunk_ctx tokens with the RNN "
+                            "state carried from chunk to chunk (rows up to ctx_len tokens).", "normal")
+    chunk_ctx: int = _help("infctx: tokens per chunk (<= ctx_len; the last chunk of a row may be shorter).", 512)
+    truncated_bptt: bool = _help("infctx: True = stop gradients at chunk boundaries (each chunk's backward before "
+                                 "the next forward; memory of one chunk); False = exact gradients through the "
+                                 "carried state (memory grows with the row).", True)
 
     # Hardware
     accelerator: str = _help("auto, cpu or cuda.", "auto")
@@ -101,7 +103,7 @@ class TrainConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         for name in ("warmup_steps", "save_every_n_batches", "save_total_limit", "epoch_save", "eval_steps",
-                     "dataloader_num_workers", "grad_cp"):
+                     "grad_cp"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 problems.append(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
         for name in ("epoch_steps", "max_steps"):
@@ -127,8 +129,13 @@ class TrainConfig:
                 problems.append(f"report_to has unknown backend {name!r}; choose from {', '.join(REPORT_TO)}")
             elif importlib.util.find_spec(name) is None:
                 problems.append(f"report_to={name!r} needs the package: pip install 'rwkvtune[{name}]'")
-        if self.train_type == "infctx" and self.ctx_len % self.chunk_ctx:
-            problems.append(f"infctx needs ctx_len ({self.ctx_len}) to be a multiple of chunk_ctx ({self.chunk_ctx})")
+        if self.train_type == "infctx":
+            if isinstance(self.chunk_ctx, int) and self.chunk_ctx > self.ctx_len:
+                problems.append(f"infctx needs chunk_ctx ({self.chunk_ctx}) <= ctx_len ({self.ctx_len})")
+            if not self.strategy.startswith(("auto", "ddp", "single_device")):
+                problems.append(f"infctx runs on one device or under DDP (strategy 'auto' or 'ddp'), not {self.strategy!r}:"
+                                " its several backward passes per micro-batch do not fit a sharded strategy's "
+                                "gradient reduction")
         return problems
 
     def to_dict(self) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Typical use::
 
     examples = prepare_examples(dataset, tokenizer=tokenizer, ctx_len=2048)   # list-like of rows
     batch = collate([examples[i] for i in indices])                           # [B, T] tensors
-    windows = BinidxWindows("data/minipile", ctx_len=4096)                   # large pretraining corpora
+    windows = BinidxWindows("data/minipile")                                  # large pretraining corpora
 """
 
 from rwkvtune.data.binidx import BinidxFile, BinidxWindows, write_binidx

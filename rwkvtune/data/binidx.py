@@ -28,6 +28,7 @@ to already end with id 0 (:func:`write_binidx` writes what it is given and adds 
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import struct
@@ -143,25 +144,41 @@ class BinidxWindows(Sequence[dict[str, list[int]]]):
 
     Args:
         path_prefix: the path without ``.bin`` / ``.idx``.
-        ctx_len: tokens per window (>= 2).
+        ctx_len: tokens per window (>= 2); ``None`` leaves it to the trainer, which uses its config's
+            ``ctx_len`` (:meth:`with_ctx_len`).
         vocab_size: when given, each window read is checked to hold ids below it (ValueError naming
             the window and token offset otherwise).
     """
 
-    def __init__(self, path_prefix: str | os.PathLike[str], ctx_len: int, *, vocab_size: int | None = None) -> None:
+    def __init__(self, path_prefix: str | os.PathLike[str], ctx_len: int | None = None, *,
+                 vocab_size: int | None = None) -> None:
         self.file = BinidxFile(path_prefix)
-        self.ctx_len = check_ctx_len(ctx_len)
+        self.ctx_len = None if ctx_len is None else check_ctx_len(ctx_len)
         self.vocab_size = vocab_size
         total = self.file.num_tokens
         if total and int(self.file.tokens(total - 1, total)[0]) != 0:
             logger.warning("%s does not end with the end-of-document id 0; RWKV-LM's tools end every document "
                            "with it, and training learns document ends from it", self.file.bin_path)
 
+    def with_ctx_len(self, ctx_len: int, *, vocab_size: int | None = None) -> BinidxWindows:
+        """The same corpus in windows of ``ctx_len`` tokens (the file stays mapped once); ``vocab_size``
+        replaces the checked vocabulary size when given."""
+        windows = copy.copy(self)
+        windows.ctx_len = check_ctx_len(ctx_len)
+        windows.vocab_size = vocab_size if vocab_size is not None else self.vocab_size
+        return windows
+
+    def _window_length(self) -> int:
+        if self.ctx_len is None:
+            raise ValueError("this BinidxWindows has no ctx_len: pass ctx_len=..., or give it to a trainer, which "
+                             "uses its config's ctx_len")
+        return self.ctx_len
+
     def __len__(self) -> int:
-        return num_windows(self.file.num_tokens, self.ctx_len)
+        return num_windows(self.file.num_tokens, self._window_length())
 
     def __getitem__(self, index: int) -> dict[str, list[int]]:  # type: ignore[override]
-        start, stop = window_bounds(index, self.file.num_tokens, self.ctx_len)
+        start, stop = window_bounds(index, self.file.num_tokens, self._window_length())
         window = self.file.tokens(start, stop)
         if self.vocab_size is not None:
             bad = (window < 0) | (window >= self.vocab_size)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from rwkvtune.engine.fabric import uses_deepspeed
 
 CHECKPOINT_NAME = re.compile(r"^(batch|epoch)\d+$")
 STATE_FILE = "state.pt"
@@ -147,4 +148,5 @@ def _holds_whole_tensors(fabric) -> bool:
     a plain state dict this module can check and load itself."""
     from lightning_fabric.strategies import DDPStrategy, SingleDeviceStrategy
 
-    return isinstance(fabric.strategy, (SingleDeviceStrategy, DDPStrategy))
+    # DeepSpeed's strategy is a DDPStrategy subclass, but shards what it holds.
+    return isinstance(fabric.strategy, (SingleDeviceStrategy, DDPStrategy)) and not uses_deepspeed(fabric)

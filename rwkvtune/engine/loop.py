@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,6 +23,7 @@ from rwkvtune.engine.data_order import epoch_micro_batches
 from rwkvtune.engine.fabric import accumulating, uses_deepspeed
 from rwkvtune.engine.metrics import MetricsWriter
 from rwkvtune.engine.schedule import lr_at_step
+from rwkvtune.engine.steps import MicroStep, full_sequence_step
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,12 @@ def fit(
     evaluate: Callable[[], float] | None = None,
     trainable_only: bool = False,
     export: Callable[[Path], None] | None = None,
+    micro_step: MicroStep = full_sequence_step,
 ) -> dict[str, float]:
     """Train from ``progress`` to the end; returns the last logged metrics.
+
+    ``micro_step`` runs each micro-batch's forward and backward (``engine.steps``: whole rows, or rows
+    in chunks with the state carried for infinite context).
 
     ``trainable_only`` and ``export`` shape every checkpoint (see ``save_checkpoint``): an adapter run
     saves its trained tensors and its adapter files, not the frozen base.
@@ -81,7 +86,7 @@ def fit(
         windows = plan_windows(len(rows), config, epoch=progress.epoch, rank=rank, world_size=world)
         while progress.window < len(windows) and progress.step < steps:
             window = [collate([rows[i] for i in micro]) for micro in windows[progress.window]]
-            loss, seen = _train_window(fabric, model, optimizer, window, config, progress.step, steps)
+            loss, seen = _train_window(fabric, model, optimizer, window, config, progress.step, steps, micro_step)
             progress.step += 1
             progress.window += 1
             tokens_since += seen
@@ -117,8 +122,24 @@ def fit(
     return last
 
 
+@dataclass
+class _WindowBackprop:
+    """``Backprop`` for one micro-batch of a window: scaled backward, gradient sync at the window's end."""
+
+    fabric: Any
+    model: Any
+    scale: float
+    last_micro_batch: bool
+
+    def scope(self, final: bool):
+        return accumulating(self.fabric, self.model, last=self.last_micro_batch and final)
+
+    def __call__(self, loss_sum: torch.Tensor) -> None:
+        self.fabric.backward(loss_sum * self.scale)
+
+
 def _train_window(fabric, model, optimizer, window: list[dict[str, torch.Tensor]], config: TrainConfig,
-                  step: int, steps: int) -> tuple[float, int]:
+                  step: int, steps: int, micro_step: MicroStep) -> tuple[float, int]:
     """Accumulate one window and take one optimizer step; returns (mean loss, tokens seen)."""
     local_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in window)
     n_targets = int(fabric.all_reduce(torch.tensor(float(local_targets)), reduce_op="sum").item())
@@ -127,12 +148,12 @@ def _train_window(fabric, model, optimizer, window: list[dict[str, torch.Tensor]
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     loss_sum = torch.zeros((), dtype=torch.float32, device=fabric.device)
+    # DDP averages gradients over processes: scale by their number to get the window's sum.
+    scale = fabric.world_size / max(n_targets, 1)
     for i, batch in enumerate(window):
-        with accumulating(fabric, model, last=i == len(window) - 1):
-            out = model(batch["input_ids"].to(fabric.device), labels=batch["labels"].to(fabric.device))
-            # DDP averages gradients over processes: scale by their number to get the window's sum.
-            fabric.backward(out.loss_sum * fabric.world_size / max(n_targets, 1))
-        loss_sum += out.loss_sum.detach()
+        on_device = {key: value.to(fabric.device) for key, value in batch.items()}
+        backprop = _WindowBackprop(fabric, model, scale, last_micro_batch=i == len(window) - 1)
+        loss_sum += micro_step(model, on_device, backprop)
     loss = fabric.all_reduce(loss_sum, reduce_op="sum").item() / max(n_targets, 1)
     if not math.isfinite(loss):
         raise FloatingPointError(f"loss is {loss} at optimizer step {step + 1}: training stopped before the "

@@ -26,7 +26,7 @@ IGNORE_INDEX = -100
 
 
 def chunked_cross_entropy(
-    hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, *, chunk_size: int = 1024
+    hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, *, chunk_size: int = 1024, shifted: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token loss and the number of target tokens.
 
@@ -37,14 +37,16 @@ def chunked_cross_entropy(
         labels: ``[B, T]`` aligned with the inputs (HF convention); position ``t`` predicts
             ``labels[:, t + 1]``; ``-100`` marks positions without loss.
         chunk_size: target positions per head chunk.
+        shifted: ``labels`` are already the targets, position ``t`` predicting ``labels[:, t]`` (a piece of
+            a longer sequence, whose last position predicts the next piece's first token).
 
     Returns:
-        ``(loss_sum, n_targets)``: a float32 scalar and an int64 scalar. Divide by the number of target
+        ``(loss_sum, n_targets)``: a float32 scalar (float64 for a float64 model) and an int64 scalar. Divide by the number of target
         tokens of the whole accumulation window, not of this micro-batch.
     """
-    targets = labels[:, 1:]
+    targets = labels if shifted else labels[:, 1:]
     keep = targets != IGNORE_INDEX
-    hidden = hidden[:, :-1][keep]                       # [N, C]
+    hidden = (hidden if shifted else hidden[:, :-1])[keep]  # [N, C]
     targets = targets[keep]                             # [N]
     # The fused path reads the weight directly. A weight that DeepSpeed ZeRO-3 partitions (it carries a
     # ``ds_id``) is whole only inside its module's own forward, and its gradient must come through there.
@@ -54,7 +56,7 @@ def chunked_cross_entropy(
         loss_sum = _FusedLinearCrossEntropy.apply(hidden, head.weight, targets, chunk_size, dtype,
                                                   torch.is_grad_enabled())
         return loss_sum, keep.sum()
-    total = hidden.new_zeros((), dtype=torch.float32)
+    total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
     needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
     for start in range(0, targets.numel(), chunk_size):
         h, y = hidden[start:start + chunk_size], targets[start:start + chunk_size]
@@ -66,7 +68,8 @@ def chunked_cross_entropy(
 
 
 def _chunk_loss_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+    logits = head(hidden)
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets, reduction="sum")
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
@@ -84,14 +87,16 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             w = weight.to(dtype)
             h_all = hidden.to(dtype)
             grad_hidden = torch.empty_like(hidden) if want_hidden else None
-            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
-            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            # The softmax and the sums run in float32, or in float64 for float64 models (exactness tests).
+            compute = torch.float64 if dtype == torch.float64 else torch.float32
+            grad_weight = torch.zeros(weight.shape, dtype=compute, device=weight.device) if want_weight else None
+            total = torch.zeros((), dtype=compute, device=hidden.device)
             # One set of chunk buffers, reused by every chunk: fresh [n, V] temporaries cost a page fault
             # per 4 KiB on a CPU (glibc maps allocations above 32 MiB anew each time); reusing them took the
             # bf16 loss of rwkv7-0.1b's head over 2048 tokens from 1.2 to 1.0 s.
             rows = min(chunk_size, targets.numel())
-            logits_buffer = hidden.new_empty((rows, weight.shape[0]), dtype=torch.float32)
-            low = dtype != torch.float32  # the matmuls write dtype; the softmax runs in float32
+            logits_buffer = hidden.new_empty((rows, weight.shape[0]), dtype=compute)
+            low = dtype != compute  # the matmuls write dtype; the softmax runs in compute
             low_buffer = hidden.new_empty((rows, weight.shape[0]), dtype=dtype) if low else None
             weight_part = torch.empty(weight.shape, dtype=dtype, device=weight.device) if low and want_weight else None
             for start in range(0, targets.numel(), chunk_size):
@@ -113,7 +118,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                     if want_hidden:
                         grad_hidden[start:start + n] = g @ w
                     if want_weight:
-                        if low:  # no mixed-dtype addmm on the CPU: the bf16 product, then a float32 sum
+                        if low:  # no mixed-dtype addmm on the CPU: the bf16 product, then a compute-dtype sum
                             grad_weight += torch.mm(g.t(), h, out=weight_part)
                         else:
                             grad_weight.addmm_(g.t(), h)

@@ -264,18 +264,25 @@ class RWKV7(nn.Module):
         state: RWKVState | None = None,
         return_state: bool = False,
         labels: torch.Tensor | None = None,
+        shift_labels: torch.Tensor | None = None,
     ) -> RWKV7Output:
         """Parallel ("GPT mode") forward over ``input_ids`` ``[B, T]`` from ``state`` (zeros if ``None``).
 
         Returns ``RWKV7Output`` with ``logits`` ``[B, T, V]`` and, if ``return_state``, the state after
         the last token. With ``labels`` ``[B, T]`` (aligned with ``input_ids``, -100 = no loss; position
         ``t`` predicts ``labels[t + 1]``) it returns the loss instead of the logits, computed in chunks.
+        ``shift_labels`` ``[B, T]`` are targets already shifted (position ``t`` predicts
+        ``shift_labels[t]``), for a piece of a longer sequence whose last token predicts the next piece's
+        first (as HF's ``shift_labels``); give one of the two.
         """
+        if labels is not None and shift_labels is not None:
+            raise ValueError("pass labels or shift_labels, not both")
         hidden, new_state = self.forward_hidden(input_ids, state)
         kept_state = new_state if return_state else None
-        if labels is None:
+        if labels is None and shift_labels is None:
             return RWKV7Output(self.head(hidden), kept_state)
-        loss_sum, n_targets = chunked_cross_entropy(hidden, self.head, labels)
+        loss_sum, n_targets = chunked_cross_entropy(hidden, self.head, labels if labels is not None else shift_labels,
+                                                    shifted=labels is None)
         return RWKV7Output(None, kept_state, loss_sum / n_targets.clamp(min=1), loss_sum, n_targets)
 
     @torch.no_grad()

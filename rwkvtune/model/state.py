@@ -8,7 +8,6 @@ groups, select rows, concatenate prompts) are one tensor op each.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -16,7 +15,6 @@ import torch
 from rwkvtune.config import RWKV7Config
 
 
-@dataclass(frozen=True, eq=False)  # tensors have no single truth value to compare by
 class RWKVState:
     """Recurrent state of a batch of sequences.
 
@@ -24,11 +22,21 @@ class RWKVState:
         att_shift: ``[L, B, C]`` last time-mix input (LN1 output), model dtype.
         wkv: ``[L, B, H, N, N]`` WKV state, ``[value, key]`` layout as in the ``rwkv`` runtime, float32.
         ffn_shift: ``[L, B, C]`` last channel-mix input (LN2 output), model dtype.
+
+    A plain class, not a dataclass: Lightning Fabric converts the floating tensors it finds in a
+    module's inputs (inside tuples, dicts and dataclasses) to the mixed-precision dtype, which would round
+    the float32 WKV state to bf16 each time infinite-context training passes it to the next chunk.
     """
 
-    att_shift: torch.Tensor
-    wkv: torch.Tensor
-    ffn_shift: torch.Tensor
+    __slots__ = ("att_shift", "wkv", "ffn_shift")
+
+    def __init__(self, att_shift: torch.Tensor, wkv: torch.Tensor, ffn_shift: torch.Tensor):
+        self.att_shift = att_shift
+        self.wkv = wkv
+        self.ffn_shift = ffn_shift
+
+    def __repr__(self) -> str:
+        return f"RWKVState(layers={self.n_layer}, batch={self.batch_size}, wkv dtype={self.wkv.dtype})"
 
     @classmethod
     def zeros(cls, config: RWKV7Config, batch_size: int, *, device: torch.device | str | None = None,

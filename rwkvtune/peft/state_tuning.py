@@ -106,10 +106,10 @@ class StateTunedModel(nn.Module):
         return self.model.forward_hidden(input_ids, state if state is not None else self.initial_state(len(input_ids)))
 
     def forward(self, input_ids: torch.Tensor, state: RWKVState | None = None, return_state: bool = False,
-                labels: torch.Tensor | None = None) -> RWKV7Output:
+                labels: torch.Tensor | None = None, shift_labels: torch.Tensor | None = None) -> RWKV7Output:
         """``RWKV7.forward`` from the tuned state when ``state`` is ``None``."""
         start = state if state is not None else self.initial_state(input_ids.shape[0])
-        return self.model(input_ids, start, return_state=return_state, labels=labels)
+        return self.model(input_ids, start, return_state=return_state, labels=labels, shift_labels=shift_labels)
 
     @torch.no_grad()
     def step(self, token_ids: torch.Tensor, state: RWKVState | None = None) -> tuple[torch.Tensor, RWKVState]:

@@ -22,6 +22,7 @@ from rwkvtune.engine.host_memory import keep_freed_host_memory
 from rwkvtune.engine.loop import fit
 from rwkvtune.engine.master_weights import hold_for_training
 from rwkvtune.engine.metrics import MetricsWriter
+from rwkvtune.engine.steps import MicroStep, NoBackprop, chunked_step, full_sequence_step
 from rwkvtune.engine.optim import build_optimizer
 from rwkvtune.hub import AutoModel, AutoTokenizer, PretrainedRWKV7, save_pretrained
 from rwkvtune.hub.files import staged_directory
@@ -150,14 +151,16 @@ class _Trainer:
             output_dir.mkdir(parents=True, exist_ok=True)
         metrics = MetricsWriter(output_dir, config.report_to_list, config.to_dict()) if fabric.is_global_zero else None
 
+        micro_step = micro_step_for(config)
+
         def evaluate() -> float:
-            return _eval_loss(fabric, model, eval_rows, config)
+            return _eval_loss(fabric, model, eval_rows, config, micro_step)
 
         export = self.model.save_pretrained if self.trains_adapter else None
         try:
             last = fit(fabric, model, optimizer, rows, config, collate=collate, output_dir=output_dir,
                        progress=progress, metrics=metrics, evaluate=evaluate if eval_rows is not None else None,
-                       trainable_only=self.trains_adapter, export=export)
+                       trainable_only=self.trains_adapter, export=export, micro_step=micro_step)
         finally:
             if metrics is not None:
                 metrics.close()
@@ -166,9 +169,10 @@ class _Trainer:
     def _rows(self, dataset: Any):
         """Training examples of ``dataset``; a binidx corpus is read window by window, never loaded whole."""
         if isinstance(dataset, BinidxWindows):
-            if dataset.ctx_len != self.args.ctx_len:
-                raise ValueError(f"BinidxWindows has ctx_len {dataset.ctx_len} but the config has {self.args.ctx_len}")
-            return dataset
+            if dataset.ctx_len is not None and dataset.ctx_len != self.args.ctx_len:
+                raise ValueError(f"BinidxWindows has ctx_len {dataset.ctx_len} but the config has {self.args.ctx_len}; "
+                                 "drop the BinidxWindows ctx_len (the trainer then uses the config's)")
+            return dataset.with_ctx_len(self.args.ctx_len, vocab_size=base_model_of(self.model).config.vocab_size)
         return prepare_examples(dataset, tokenizer=self.tokenizer, ctx_len=self.args.ctx_len,
                                 vocab_size=base_model_of(self.model).config.vocab_size)
 
@@ -176,21 +180,29 @@ class _Trainer:
         if isinstance(self.model, PretrainedRWKV7):
             self.model.save_pretrained(path, tokenizer=self.tokenizer, state_dict=weights)
         else:
-            save_pretrained(self.model, path, tokenizer=self.tokenizer, ctx_len=self.args.ctx_len, state_dict=weights)
+            # config.json's ctx_len describes the model, not this run's training window: a model without
+            # hub metadata gets the default.
+            save_pretrained(self.model, path, tokenizer=self.tokenizer, state_dict=weights)
         logger.info("saved the final model to %s", path)
 
 
+def micro_step_for(config: TrainConfig) -> MicroStep:
+    """Whole rows (``train_type="normal"``) or rows in ``chunk_ctx`` pieces with the state carried (``"infctx"``)."""
+    if config.train_type == "infctx":
+        return chunked_step(config.chunk_ctx, config.truncated_bptt)
+    return full_sequence_step
+
+
 @torch.no_grad()
-def _eval_loss(fabric, model, rows, config: TrainConfig) -> float:
+def _eval_loss(fabric, model, rows, config: TrainConfig, micro_step: MicroStep) -> float:
     """Mean next-token loss over ``rows`` (every process evaluates all rows; cheap next to training)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(rows), config.micro_bsz):
         batch = collate([rows[i] for i in range(start, min(start + config.micro_bsz, len(rows)))])
-        out = model(batch["input_ids"].to(fabric.device), labels=batch["labels"].to(fabric.device))
-        total += out.loss_sum.item()
-        count += int(out.n_targets)
+        total += micro_step(model, {k: v.to(fabric.device) for k, v in batch.items()}, NoBackprop()).item()
+        count += int((batch["labels"][:, 1:] != -100).sum())
     model.train(was_training)
     return total / max(count, 1)
 

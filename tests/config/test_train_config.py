@@ -48,9 +48,15 @@ def test_deepspeed_without_the_package_names_the_extra(monkeypatch):
         SFTConfig(strategy="deepspeed_stage_2")
 
 
-def test_infctx_needs_whole_chunks_and_round_trip():
-    with pytest.raises(ValueError, match="multiple of chunk_ctx"):
-        SFTConfig(train_type="infctx", ctx_len=1000, chunk_ctx=512)
+def test_infctx_settings_are_checked_and_config_round_trips():
+    SFTConfig(train_type="infctx", ctx_len=1000, chunk_ctx=512)  # a ragged last chunk is fine
+    with pytest.raises(ValueError, match=r"chunk_ctx must be an integer >= 1, got 0"):
+        SFTConfig(train_type="infctx", chunk_ctx=0)
+    with pytest.raises(ValueError, match=r"infctx needs chunk_ctx \(4096\) <= ctx_len \(2048\)"):
+        SFTConfig(train_type="infctx", ctx_len=2048, chunk_ctx=4096)
+    with pytest.raises(ValueError, match="infctx runs on one device or under DDP .* not 'fsdp'"):
+        SFTConfig(train_type="infctx", strategy="fsdp")
+    SFTConfig(ctx_len=256)  # chunk_ctx (512) only matters for infctx
     config = SFTConfig(micro_bsz=2, lr_schedule="linear")
     assert SFTConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown SFTConfig fields: proj_dirr"):

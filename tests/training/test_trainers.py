@@ -285,10 +285,12 @@ def test_pretraining_on_a_binidx_corpus(tmp_path):
 
     docs = [r["input_ids"] + [0] for r in random_rows(10, seed=13)]
     write_binidx(tmp_path / "corpus", docs)
-    windows = BinidxWindows(tmp_path / "corpus", ctx_len=16)
+    windows = BinidxWindows(tmp_path / "corpus")
     config = PretrainConfig(ctx_len=16, micro_bsz=2, epoch_count=1, output_dir=str(tmp_path / "out"), **FAST)
     result = PretrainTrainer(small_model(), config, train_dataset=windows).train()
-    assert result["step"] == math.ceil(len(windows) / 2)
+    assert result["step"] == math.ceil(len(windows.with_ctx_len(16)) / 2)  # the config's ctx_len sets the windows
+    with pytest.raises(ValueError, match="no ctx_len: pass ctx_len=..., or give it to a trainer"):
+        len(windows)
     with pytest.raises(ValueError, match="ctx_len 16 but the config has 32"):
         PretrainTrainer(small_model(), PretrainConfig(ctx_len=32, output_dir=str(tmp_path / "x")),
-                        train_dataset=windows).train()
+                        train_dataset=BinidxWindows(tmp_path / "corpus", ctx_len=16)).train()
