@@ -19,6 +19,8 @@ from typing import ContextManager, Protocol
 
 import torch
 
+from rwkvtune.model import RWKVState
+
 IGNORE_INDEX = -100
 
 
@@ -74,7 +76,7 @@ def chunked_step(chunk_ctx: int, truncated_bptt: bool) -> MicroStep:
                 with backprop.scope(final=final):
                     out = model(ids[:, piece], state, return_state=True, shift_labels=targets[:, piece])
                     backprop(_with_gradient_path(out.loss_sum, model))
-                state = out.state.detach()
+                state = _carry(state, out.state.detach())
             else:
                 with backprop.scope(final=final):  # a non-final forward must not arm the gradient sync
                     out = model(ids[:, piece], state, return_state=True, shift_labels=targets[:, piece])
@@ -83,9 +85,21 @@ def chunked_step(chunk_ctx: int, truncated_bptt: bool) -> MicroStep:
                         backprop(graph)
                 state = out.state
             total = total + out.loss_sum.detach()
+            del out  # nothing of this piece outlives it but the carried state
         return total
 
     return step
+
+
+def _carry(buffer: RWKVState | None, new: RWKVState) -> RWKVState:
+    """``new`` copied into ``buffer`` (made on the first piece): one long-lived state per row, so a row of
+    many pieces does not scatter small survivors across the heap (measured: peak RSS grew 11% from 8 to
+    128 pieces on the CPU with the trainer's malloc settings)."""
+    if buffer is None:
+        return new.clone()
+    for kept, fresh in zip((buffer.att_shift, buffer.wkv, buffer.ffn_shift), (new.att_shift, new.wkv, new.ffn_shift)):
+        kept.copy_(fresh)
+    return buffer
 
 
 def _with_gradient_path(loss_sum: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:

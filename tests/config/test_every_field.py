@@ -1,0 +1,187 @@
+"""Every field of the training configs is read and does what its help says: one probe per field, each
+showing a change of behaviour (or, for a setting this machine cannot exercise, its validation). A new field
+without a probe fails ``test_every_field_has_a_probe``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from checkpoints import random_state_dict, tiny_config
+from rwkvtune.engine.fabric import make_strategy
+from rwkvtune.engine.loop import total_steps
+from rwkvtune.engine.optim import build_optimizer
+from rwkvtune.model import RWKV7
+from rwkvtune.training import PretrainConfig, SFTConfig, SFTTrainer
+from rwkvtune.training.trainers import micro_step_for
+
+CONFIG = tiny_config(n_layer=1, n_embd=64, vocab_size=300, dim_ffn=128, dim_decay_lora=32, dim_iclr_lora=32,
+                     dim_value_lora=32, dim_gate_lora=32)
+BASE = dict(ctx_len=32, micro_bsz=2, epoch_count=1, precision="fp32", grad_cp=0, warmup_steps=0, logging_steps=1,
+            lr_init=1e-2, lr_final=1e-3, epoch_save=0)
+PROBES: dict[str, Callable[[Path], None]] = {}
+
+
+def probe(*names: str):
+    def register(fn):
+        for name in names:
+            PROBES[name] = fn
+        return fn
+    return register
+
+
+def model() -> RWKV7:
+    m = RWKV7(CONFIG)
+    m.load_state_dict(random_state_dict(CONFIG, seed=1))
+    return m
+
+
+def rows(n: int = 8, length: int = 24) -> list[dict]:
+    gen = torch.Generator().manual_seed(3)
+    return [{"input_ids": torch.randint(1, 300, (length,), generator=gen).tolist()} for _ in range(n)]
+
+
+def run(path: Path, **overrides) -> tuple[list[dict], RWKV7]:
+    """Train the tiny model on ``rows()`` with BASE + overrides; (metrics records, trained model)."""
+    trained = model()
+    SFTTrainer(trained, SFTConfig(output_dir=str(path), **{**BASE, **overrides}), train_dataset=rows()).train()
+    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()], trained
+
+
+def weights(m: RWKV7) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in m.parameters()])
+
+
+@probe("ctx_len")
+def _ctx_len(tmp: Path) -> None:
+    prepared = SFTTrainer(model(), SFTConfig(**{**BASE, "ctx_len": 16}), train_dataset=rows())._rows(rows())
+    assert max(len(prepared[i]["input_ids"]) for i in range(len(prepared))) == 16  # 24-token rows truncated
+
+
+@probe("micro_bsz", "accumulate_grad_batches", "epoch_count", "epoch_steps", "max_steps")
+def _length_of_training(tmp: Path) -> None:
+    default = total_steps(16, SFTConfig(**BASE), 1)
+    assert default == 8
+    for change, steps in (({"micro_bsz": 4}, 4), ({"accumulate_grad_batches": 2}, 4), ({"epoch_count": 3}, 24),
+                          ({"epoch_count": 3, "epoch_steps": 2}, 6), ({"max_steps": 5}, 5)):
+        assert total_steps(16, SFTConfig(**{**BASE, **change}), 1) == steps, change
+
+
+@probe("lr_init", "lr_final", "warmup_steps", "lr_schedule")
+def _schedule(tmp: Path) -> None:
+    def lrs(name, **change):
+        return [m["lr"] for m in run(tmp / name, **change)[0]]
+    base = lrs("base")
+    assert base[0] == pytest.approx(1e-2) and base[-1] == pytest.approx(1e-3)
+    assert lrs("init", lr_init=5e-3)[0] == pytest.approx(5e-3)
+    assert lrs("final", lr_final=5e-3)[-1] == pytest.approx(5e-3)
+    assert lrs("warm", warmup_steps=2)[0] < 1e-2
+    assert lrs("const", lr_schedule="constant") == pytest.approx([1e-2] * 4)
+
+
+@probe("weight_decay", "beta1", "beta2", "adam_eps")
+def _optimizer(tmp: Path) -> None:
+    config = SFTConfig(**{**BASE, "weight_decay": 0.1, "beta1": 0.8, "beta2": 0.95, "adam_eps": 1e-6})
+    groups = {g["name"]: g for g in build_optimizer(model(), config).param_groups}
+    assert groups["decay"]["weight_decay"] == 0.1 and groups["no_decay"]["weight_decay"] == 0.0
+    assert groups["decay"]["betas"] == (0.8, 0.95) and groups["decay"]["eps"] == 1e-6
+
+
+@probe("grad_clip")
+def _grad_clip(tmp: Path) -> None:
+    assert not torch.equal(weights(run(tmp / "a", grad_clip=0.0)[1]), weights(run(tmp / "b", grad_clip=1e-3)[1]))
+
+
+@probe("grad_cp")
+def _grad_cp(tmp: Path) -> None:
+    on = run(tmp / "on", grad_cp=1)
+    assert on[1].grad_cp is True and run(tmp / "off", grad_cp=0)[1].grad_cp is False
+    assert [m["loss"] for m in on[0]] == pytest.approx([m["loss"] for m in run(tmp / "x")[0]], abs=1e-5)  # same math
+
+
+@probe("precision")
+def _precision(tmp: Path) -> None:
+    fp32, bf16 = run(tmp / "fp32")[0][0]["loss"], run(tmp / "bf16", precision="bf16")[0][0]["loss"]
+    assert fp32 != bf16 and abs(fp32 - bf16) < 0.1  # bf16 products round differently
+
+
+@probe("train_type", "chunk_ctx", "truncated_bptt")
+def _infctx(tmp: Path) -> None:
+    assert micro_step_for(SFTConfig(**BASE)).__name__ == "full_sequence_step"
+    normal = weights(run(tmp / "n")[1])
+    exact = weights(run(tmp / "e", train_type="infctx", chunk_ctx=8, truncated_bptt=False)[1])
+    truncated = weights(run(tmp / "t", train_type="infctx", chunk_ctx=8)[1])
+    wider = weights(run(tmp / "w", train_type="infctx", chunk_ctx=16)[1])
+    assert torch.allclose(exact, normal, atol=1e-5) and not torch.allclose(truncated, normal, atol=1e-4)
+    assert not torch.allclose(wider, truncated, atol=1e-4)
+
+
+@probe("accelerator", "devices", "num_nodes", "strategy")
+def _hardware(tmp: Path) -> None:
+    assert make_strategy(SFTConfig(**BASE)) == "auto"
+    assert make_strategy(SFTConfig(**{**BASE, "devices": 2})) == "ddp"
+    assert make_strategy(SFTConfig(**{**BASE, "num_nodes": 2})) == "ddp"
+    assert make_strategy(SFTConfig(**{**BASE, "strategy": "ddp_spawn"})) == "ddp_spawn"
+    with pytest.raises(ValueError, match="accelerator must be one of"):
+        SFTConfig(**{**BASE, "accelerator": "tpu"})
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="(?i)cuda"):
+            run(tmp / "cuda", accelerator="cuda")
+
+
+@probe("output_dir", "epoch_save", "save_every_n_batches", "save_total_limit")
+def _outputs(tmp: Path) -> None:
+    run(tmp / "out", epoch_count=2, epoch_save=1, save_every_n_batches=3, save_total_limit=3)
+    assert sorted(p.name for p in (tmp / "out").iterdir() if p.is_dir()) == ["batch6", "epoch1", "epoch2", "final"]
+
+
+@probe("resume_from_checkpoint", "overwrite_output_dir")
+def _resume_and_overwrite(tmp: Path) -> None:
+    run(tmp / "r", save_every_n_batches=2)
+    with pytest.raises(FileExistsError, match="overwrite_output_dir"):
+        run(tmp / "r")
+    assert [m["step"] for m in run(tmp / "r", overwrite_output_dir=True)[0][-4:]] == [1, 2, 3, 4]
+    (tmp / "r" / "metrics.jsonl").write_text("")
+    assert [m["step"] for m in run(tmp / "r", resume_from_checkpoint=str(tmp / "r" / "batch2"))[0]] == [3, 4]
+
+
+@probe("report_to")
+def _report_to(tmp: Path) -> None:
+    with pytest.raises(ValueError, match="unknown backend 'mlflow'"):
+        SFTConfig(**{**BASE, "report_to": "mlflow"})
+    with pytest.raises(ValueError, match=r"pip install 'rwkvtune\[tensorboard\]'"):
+        SFTConfig(**{**BASE, "report_to": "tensorboard"})
+
+
+@probe("logging_steps")
+def _logging_steps(tmp: Path) -> None:
+    assert [m["step"] for m in run(tmp / "l", logging_steps=3)[0]] == [3, 4]  # and always the last step
+
+
+@probe("eval_steps")
+def _eval_steps(tmp: Path) -> None:
+    config = SFTConfig(output_dir=str(tmp / "e"), **{**BASE, "eval_steps": 2})
+    SFTTrainer(model(), config, train_dataset=rows(), eval_dataset=rows(2)).train()
+    records = [json.loads(line) for line in (tmp / "e" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in records if "eval_loss" in m] == [2, 4]
+
+
+@probe("seed")
+def _seed(tmp: Path) -> None:
+    assert run(tmp / "a")[0][0]["loss"] != run(tmp / "b", seed=7)[0][0]["loss"]  # another data order
+
+
+def test_every_field_has_a_probe():
+    for config_class in (SFTConfig, PretrainConfig):
+        assert {f.name for f in dataclasses.fields(config_class)} == set(PROBES), config_class.__name__
+
+
+@pytest.mark.parametrize("probe_fn", sorted(set(PROBES.values()), key=lambda f: f.__name__),
+                         ids=lambda f: f.__name__.strip("_"))
+def test_field_changes_behaviour(probe_fn, tmp_path):
+    probe_fn(tmp_path)
