@@ -78,7 +78,7 @@ class TrainConfig:
                                        "metrics.jsonl is always written.", "")
     logging_steps: int = _help("Log metrics every N optimizer steps.", 10)
     eval_steps: int = _help("Evaluate on eval_dataset every N optimizer steps (0 = at epoch ends only).", 0)
-    seed: int = _help("Seed for model init, data order and dropout.", 42)
+    seed: int = _help("Seed for the data order, a new adapter's random init (peft_config=...) and dropout.", 42)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -122,17 +122,21 @@ class TrainConfig:
         problems += _choice("train_type", self.train_type, TRAIN_TYPES)
         problems += _choice("accelerator", self.accelerator, ("auto", "cpu", "cuda", "gpu"))
         problems += _choice("strategy", self.strategy, STRATEGIES)
-        if self.strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        if self.strategy in STRATEGIES and self.strategy.startswith("deepspeed") and \
+                importlib.util.find_spec("deepspeed") is None:
             problems.append(f"strategy={self.strategy!r} needs DeepSpeed: pip install 'rwkvtune[deepspeed]'")
         for name in self.report_to_list:
             if name not in REPORT_TO:
                 problems.append(f"report_to has unknown backend {name!r}; choose from {', '.join(REPORT_TO)}")
             elif importlib.util.find_spec(name) is None:
                 problems.append(f"report_to={name!r} needs the package: pip install 'rwkvtune[{name}]'")
+        for name in ("truncated_bptt", "overwrite_output_dir"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.train_type == "infctx":
-            if isinstance(self.chunk_ctx, int) and self.chunk_ctx > self.ctx_len:
+            if isinstance(self.chunk_ctx, int) and isinstance(self.ctx_len, int) and self.chunk_ctx > self.ctx_len:
                 problems.append(f"infctx needs chunk_ctx ({self.chunk_ctx}) <= ctx_len ({self.ctx_len})")
-            if not self.strategy.startswith(("auto", "ddp", "single_device")):
+            if self.strategy in STRATEGIES and not self.strategy.startswith(("auto", "ddp", "single_device")):
                 problems.append(f"infctx runs on one device or under DDP (strategy 'auto' or 'ddp'), not {self.strategy!r}:"
                                 " its several backward passes per micro-batch do not fit a sharded strategy's "
                                 "gradient reduction")

@@ -20,6 +20,9 @@ def make_fabric(config: TrainConfig):
     accelerator = {"gpu": "cuda"}.get(config.accelerator, config.accelerator)
     if accelerator == "auto":
         accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    if accelerator == "cpu" and config.precision == "fp16":
+        # Fabric would silently run bf16 instead (CPU autocast has no float16 mode there).
+        raise ValueError("precision='fp16' needs CUDA; on the CPU use precision='bf16' (or 'fp32')")
     fabric = Fabric(accelerator=accelerator, devices=config.devices, num_nodes=config.num_nodes,
                     strategy=make_strategy(config), precision=FABRIC_PRECISION[config.precision])
     fabric.launch()

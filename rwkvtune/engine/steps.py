@@ -20,6 +20,7 @@ from typing import ContextManager, Protocol
 import torch
 
 from rwkvtune.model import RWKVState
+from rwkvtune.model.loss import gradients_formed_in_backward
 
 IGNORE_INDEX = -100
 
@@ -78,7 +79,9 @@ def chunked_step(chunk_ctx: int, truncated_bptt: bool) -> MicroStep:
                     backprop(_with_gradient_path(out.loss_sum, model))
                 state = _carry(state, out.state.detach())
             else:
-                with backprop.scope(final=final):  # a non-final forward must not arm the gradient sync
+                # A non-final forward must not arm the gradient sync; and no piece's loss may hold a head
+                # gradient until the one backward.
+                with backprop.scope(final=final), gradients_formed_in_backward():
                     out = model(ids[:, piece], state, return_state=True, shift_labels=targets[:, piece])
                     graph = out.loss_sum if graph is None else graph + out.loss_sum
                     if final:

@@ -17,12 +17,32 @@ ZeRO-3) is called as a module, chunk by chunk under activation checkpointing.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
+_FUSED_ALLOWED = contextvars.ContextVar("rwkvtune_fused_loss", default=True)
+
+
+@contextlib.contextmanager
+def gradients_formed_in_backward() -> Iterator[None]:
+    """Within the block the loss keeps no gradient from its forward to its backward (the checkpointed
+    module path instead of the fused one).
+
+    For graphs whose one backward follows several forwards (exact infinite-context training): the fused
+    path would keep one ``[V, C]`` float32 head gradient per forward until then.
+    """
+    token = _FUSED_ALLOWED.set(False)
+    try:
+        yield
+    finally:
+        _FUSED_ALLOWED.reset(token)
 
 
 def chunked_cross_entropy(
@@ -50,7 +70,7 @@ def chunked_cross_entropy(
     targets = targets[keep]                             # [N]
     # The fused path reads the weight directly. A weight that DeepSpeed ZeRO-3 partitions (it carries a
     # ``ds_id``) is whole only inside its module's own forward, and its gradient must come through there.
-    if type(head) is nn.Linear and head.bias is None and not hasattr(head.weight, "ds_id"):
+    if _FUSED_ALLOWED.get() and type(head) is nn.Linear and head.bias is None and not hasattr(head.weight, "ds_id"):
         device = hidden.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
         loss_sum = _FusedLinearCrossEntropy.apply(hidden, head.weight, targets, chunk_size, dtype,

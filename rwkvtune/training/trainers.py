@@ -107,6 +107,10 @@ class _Trainer:
         rows = self._rows(self.train_dataset)
         eval_rows = self._rows(self.eval_dataset) if self.eval_dataset is not None else None
 
+        if config.train_type == "infctx" and config.truncated_bptt and hasattr(self.model, "time_state"):
+            logger.warning("state tuning with truncated_bptt=True: only the first chunk_ctx (%d) tokens of each row "
+                           "reach the tuned start state; set truncated_bptt=False to train it on whole rows",
+                           config.chunk_ctx)
         base = base_model_of(self.model)
         original_dtype = base.dtype
         base.grad_cp = bool(config.grad_cp)
@@ -172,7 +176,8 @@ class _Trainer:
             if dataset.ctx_len is not None and dataset.ctx_len != self.args.ctx_len:
                 raise ValueError(f"BinidxWindows has ctx_len {dataset.ctx_len} but the config has {self.args.ctx_len}; "
                                  "drop the BinidxWindows ctx_len (the trainer then uses the config's)")
-            return dataset.with_ctx_len(self.args.ctx_len, vocab_size=base_model_of(self.model).config.vocab_size)
+            vocab_size = base_model_of(self.model).config.vocab_size
+            return dataset.with_ctx_len(self.args.ctx_len, vocab_size=min(vocab_size, dataset.vocab_size or vocab_size))
         return prepare_examples(dataset, tokenizer=self.tokenizer, ctx_len=self.args.ctx_len,
                                 vocab_size=base_model_of(self.model).config.vocab_size)
 

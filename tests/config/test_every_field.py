@@ -5,6 +5,7 @@ without a probe fails ``test_every_field_has_a_probe``."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from checkpoints import random_state_dict, tiny_config
-from rwkvtune.engine.fabric import make_strategy
+from rwkvtune.engine.fabric import make_fabric, make_strategy
 from rwkvtune.engine.loop import total_steps
 from rwkvtune.engine.optim import build_optimizer
 from rwkvtune.model import RWKV7
@@ -108,6 +109,9 @@ def _grad_cp(tmp: Path) -> None:
 def _precision(tmp: Path) -> None:
     fp32, bf16 = run(tmp / "fp32")[0][0]["loss"], run(tmp / "bf16", precision="bf16")[0][0]["loss"]
     assert fp32 != bf16 and abs(fp32 - bf16) < 0.1  # bf16 products round differently
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="precision='fp16' needs CUDA"):
+            run(tmp / "fp16", precision="fp16")
 
 
 @probe("train_type", "chunk_ctx", "truncated_bptt")
@@ -123,6 +127,7 @@ def _infctx(tmp: Path) -> None:
 
 @probe("accelerator", "devices", "num_nodes", "strategy")
 def _hardware(tmp: Path) -> None:
+    assert make_fabric(SFTConfig(**{**BASE, "accelerator": "cpu"})).device.type == "cpu"
     assert make_strategy(SFTConfig(**BASE)) == "auto"
     assert make_strategy(SFTConfig(**{**BASE, "devices": 2})) == "ddp"
     assert make_strategy(SFTConfig(**{**BASE, "num_nodes": 2})) == "ddp"
@@ -154,8 +159,12 @@ def _resume_and_overwrite(tmp: Path) -> None:
 def _report_to(tmp: Path) -> None:
     with pytest.raises(ValueError, match="unknown backend 'mlflow'"):
         SFTConfig(**{**BASE, "report_to": "mlflow"})
-    with pytest.raises(ValueError, match=r"pip install 'rwkvtune\[tensorboard\]'"):
-        SFTConfig(**{**BASE, "report_to": "tensorboard"})
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(ValueError, match=r"pip install 'rwkvtune\[tensorboard\]'"):
+            SFTConfig(**{**BASE, "report_to": "tensorboard"})
+    else:
+        run(tmp / "tb", report_to="tensorboard")
+        assert list((tmp / "tb").rglob("events.out.tfevents.*"))
 
 
 @probe("logging_steps")
@@ -174,6 +183,13 @@ def _eval_steps(tmp: Path) -> None:
 @probe("seed")
 def _seed(tmp: Path) -> None:
     assert run(tmp / "a")[0][0]["loss"] != run(tmp / "b", seed=7)[0][0]["loss"]  # another data order
+    from rwkvtune.peft import LoraConfig
+
+    def adapter_init(seed: int) -> torch.Tensor:
+        trainer = SFTTrainer(model(), SFTConfig(**{**BASE, "seed": seed}), train_dataset=rows(),
+                             peft_config=LoraConfig(r=2))
+        return trainer.model.get_base_model().blocks[0].att.key.lora_A["default"].weight.detach().clone()
+    assert torch.equal(adapter_init(1), adapter_init(1)) and not torch.equal(adapter_init(1), adapter_init(2))
 
 
 def test_every_field_has_a_probe():

@@ -81,3 +81,25 @@ def test_a_chunk_as_long_as_the_batch_is_the_normal_step():
     got_loss, got, units = grads_of(chunked_step(64, truncated_bptt=True), model)
     assert units.finals == [True] and abs(got_loss - want_loss) <= 1e-12 * abs(want_loss)
     assert all(torch.allclose(got[n], want[n], rtol=1e-10, atol=0) for n in want)
+
+
+def test_exact_chunks_keep_no_head_gradient_per_piece():
+    model = model64()
+    weight = model.head.weight
+    kept = []
+
+    def pack(tensor):
+        if tensor.shape == weight.shape and tensor.data_ptr() != weight.data_ptr():
+            kept.append(tensor.shape)
+        return tensor
+
+    for truncated, most in ((False, 0), (True, 1)):  # a truncated piece's backward frees its own before the next
+        kept.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.zero_grad(set_to_none=True)
+            chunked_step(8, truncated_bptt=truncated)(model, batch(), Backward())
+        assert len(kept) <= most * 4, (truncated, len(kept))
+    kept.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        full_sequence_step(model, batch(), Backward())
+    assert len(kept) == 1  # the fused loss: the head gradient formed in the forward pass
