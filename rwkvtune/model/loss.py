@@ -87,6 +87,49 @@ def chunked_cross_entropy(
     return total, keep.sum()
 
 
+def chunked_token_logprobs(
+    hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, *, temperature: float = 1.0, chunk_size: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probabilities and entropies of the tempered next-token distribution, in chunks.
+
+    Args:
+        hidden: ``[B, T, C]`` final hidden states.
+        head: the output projection (called as a module, so adapters on it take part).
+        targets: ``[B, T]``: the token position ``t`` is scored against (already shifted); ``-100``: skip.
+        temperature: the logits are divided by it before the softmax (the sampling temperature).
+        chunk_size: scored positions per head chunk; under autograd each chunk is recomputed in backward,
+            so no ``[chunk, V]`` logits are kept.
+
+    Returns:
+        ``(logprobs, entropies)``, both ``[B, T]`` in float32 (float64 for a float64 model) and 0 at
+        skipped positions; both differentiable.
+    """
+    keep = targets != IGNORE_INDEX
+    rows, wanted = hidden[keep], targets[keep]                                   # [N, C], [N]
+    dtype = torch.promote_types(hidden.dtype, torch.float32)
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
+    pieces = []
+    for start in range(0, wanted.numel(), chunk_size):
+        args = (head, rows[start:start + chunk_size], wanted[start:start + chunk_size], temperature)
+        pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if needs_grad else _chunk_logprobs(*args))
+    logprobs = hidden.new_zeros(targets.shape, dtype=dtype)
+    entropies = hidden.new_zeros(targets.shape, dtype=dtype)
+    if pieces:
+        logprobs = logprobs.masked_scatter(keep, torch.cat([lp for lp, _ in pieces]))
+        entropies = entropies.masked_scatter(keep, torch.cat([h for _, h in pieces]))
+    return logprobs, entropies
+
+
+def _chunk_logprobs(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                    temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = head(hidden)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature     # [n, V]
+    log_z = torch.logsumexp(logits, dim=-1)
+    logprobs = logits.gather(1, targets[:, None]).squeeze(1) - log_z
+    entropies = log_z - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)              # H = log Z - E[z]
+    return logprobs, entropies
+
+
 def _chunk_loss_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = head(hidden)
     return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets, reduction="sum")

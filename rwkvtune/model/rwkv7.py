@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from rwkvtune.config import RWKV7Config
-from rwkvtune.model.loss import chunked_cross_entropy
+from rwkvtune.model.loss import chunked_cross_entropy, chunked_token_logprobs
 from rwkvtune.model.state import RWKVState
 from rwkvtune.ops import check_backend_name, wkv7
 
@@ -186,6 +186,21 @@ class RWKV7Output:
     n_targets: torch.Tensor | None = None
 
 
+@dataclass
+class RWKV7Scores:
+    """``RWKV7.score`` outputs.
+
+    Attributes:
+        logprobs: ``[B, T]`` log-probability of each target token (0 where not scored), differentiable.
+        entropies: ``[B, T]`` entropy of each position's tempered distribution (0 where not scored).
+        state: the state after the last input token.
+    """
+
+    logprobs: torch.Tensor
+    entropies: torch.Tensor
+    state: RWKVState
+
+
 class RWKV7(nn.Module):
     """The RWKV-7 language model.
 
@@ -284,6 +299,18 @@ class RWKV7(nn.Module):
         loss_sum, n_targets = chunked_cross_entropy(hidden, self.head, labels if labels is not None else shift_labels,
                                                     shifted=labels is None)
         return RWKV7Output(None, kept_state, loss_sum / n_targets.clamp(min=1), loss_sum, n_targets)
+
+    def score(self, input_ids: torch.Tensor, targets: torch.Tensor, state: RWKVState | None = None, *,
+              temperature: float = 1.0) -> RWKV7Scores:
+        """Log-probabilities of given next tokens, for policy-gradient training (GRPO).
+
+        ``input_ids`` ``[B, T]`` run from ``state`` (the initial state if ``None``); position ``t`` is scored
+        against ``targets[:, t]`` (``-100``: not scored) under ``softmax(logits / temperature)``. The
+        ``[B, T, V]`` logits are never built. Returns :class:`RWKV7Scores` with the state after the last token.
+        """
+        hidden, new_state = self.forward_hidden(input_ids, state)
+        logprobs, entropies = chunked_token_logprobs(hidden, self.head, targets, temperature=temperature)
+        return RWKV7Scores(logprobs, entropies, new_state)
 
     @torch.no_grad()
     def step(self, token_ids: torch.Tensor, state: RWKVState | None = None) -> tuple[torch.Tensor, RWKVState]:

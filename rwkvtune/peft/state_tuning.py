@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from rwkvtune.hub.files import atomic_write
-from rwkvtune.model import RWKV7, RWKV7Output, RWKVState
+from rwkvtune.model import RWKV7, RWKV7Output, RWKV7Scores, RWKVState
 from rwkvtune.peft.fingerprint import architecture_problems, base_fingerprint, describe
 from rwkvtune.version import __version__
 
@@ -110,6 +110,12 @@ class StateTunedModel(nn.Module):
         """``RWKV7.forward`` from the tuned state when ``state`` is ``None``."""
         start = state if state is not None else self.initial_state(input_ids.shape[0])
         return self.model(input_ids, start, return_state=return_state, labels=labels, shift_labels=shift_labels)
+
+    def score(self, input_ids: torch.Tensor, targets: torch.Tensor, state: RWKVState | None = None, *,
+              temperature: float = 1.0) -> RWKV7Scores:
+        """``RWKV7.score`` from the tuned state when ``state`` is ``None``."""
+        start = state if state is not None else self.initial_state(input_ids.shape[0])
+        return self.model.score(input_ids, targets, start, temperature=temperature)
 
     @torch.no_grad()
     def step(self, token_ids: torch.Tensor, state: RWKVState | None = None) -> tuple[torch.Tensor, RWKVState]:
