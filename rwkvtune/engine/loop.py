@@ -40,31 +40,80 @@ def plan_windows(n_rows: int, config: TrainConfig, *, epoch: int, rank: int, wor
 
 
 def total_steps(n_rows: int, config: TrainConfig, world_size: int) -> int:
-    per_epoch = len(plan_windows(n_rows, config, epoch=0, rank=0, world_size=world_size))
+    """Optimizer steps of a run over ``n_rows`` rows (SFT and pretraining)."""
+    return _steps(len(plan_windows(n_rows, config, epoch=0, rank=0, world_size=world_size)), config)
+
+
+def _steps(per_epoch: int, config: TrainConfig) -> int:
     steps = per_epoch * config.epoch_count
     return min(steps, config.max_steps) if config.max_steps else steps
+
+
+def token_normalisation(fabric, window: list[dict[str, Any]]) -> tuple[float, float]:
+    """The window's loss is its summed token losses over its target tokens on all processes.
+
+    Returns ``(backward scale, divisor of the summed logged loss)``. DDP averages gradients over processes,
+    so the backward scale multiplies their number back in.
+    """
+    local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in window)
+    n_targets = max(int(fabric.all_reduce(torch.tensor(float(local)), reduce_op="sum").item()), 1)
+    return fabric.world_size / n_targets, n_targets
+
+
+def count_tokens(batch: dict[str, Any]) -> int:
+    """Tokens a micro-batch fed the model (its attention mask, else every id)."""
+    return int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+
+
+@dataclass
+class Workload:
+    """What the loop trains on and how.
+
+    Attributes:
+        plan: ``(epoch, rank, world_size) -> windows``: this process's accumulation windows for an epoch,
+            each a list of micro-batch items (one optimizer step per window).
+        prepare: item -> batch (a dict; its tensors are moved to the device).
+        micro_step: forward and backward of one batch (``engine.steps``).
+        normalise: ``(fabric, window batches) -> (backward scale, logged-loss divisor)``.
+        tokens: tokens a batch fed the model (for tokens/s), read after its step ran.
+        metrics: extra metrics averaged since the last log, merged into each log record.
+    """
+
+    plan: Callable[[int, int, int], list[list[Any]]]
+    prepare: Callable[[Any], dict[str, Any]]
+    micro_step: MicroStep = full_sequence_step
+    normalise: Callable[[Any, list[dict[str, Any]]], tuple[float, float]] = token_normalisation
+    tokens: Callable[[dict[str, Any]], int] = count_tokens
+    metrics: Callable[[], dict[str, float]] | None = None
+
+
+def rows_workload(rows: Sequence[dict[str, Any]], config: TrainConfig, *, collate: Collate,
+                  micro_step: MicroStep = full_sequence_step) -> Workload:
+    """Supervised rows (SFT, pretraining): shuffled micro-batches of ``config.micro_bsz`` rows, collated."""
+    def plan(epoch: int, rank: int, world_size: int) -> list[list[list[int]]]:
+        return plan_windows(len(rows), config, epoch=epoch, rank=rank, world_size=world_size)
+
+    return Workload(plan=plan, prepare=lambda micro: collate([rows[i] for i in micro]), micro_step=micro_step)
 
 
 def fit(
     fabric,
     model,
     optimizer: torch.optim.Optimizer,
-    rows: Sequence[dict[str, Any]],
+    workload: Workload,
     config: TrainConfig,
     *,
-    collate: Collate,
     output_dir: Path,
     progress: TrainProgress,
     metrics: MetricsWriter | None,
     evaluate: Callable[[], float] | None = None,
     trainable_only: bool = False,
     export: Callable[[Path], None] | None = None,
-    micro_step: MicroStep = full_sequence_step,
 ) -> dict[str, float]:
     """Train from ``progress`` to the end; returns the last logged metrics.
 
-    ``micro_step`` runs each micro-batch's forward and backward (``engine.steps``: whole rows, or rows
-    in chunks with the state carried for infinite context).
+    ``workload`` says what each window holds and how each micro-batch runs (``rows_workload`` for SFT
+    and pretraining; a GRPO rollout workload).
 
     ``trainable_only`` and ``export`` shape every checkpoint (see ``save_checkpoint``): an adapter run
     saves its trained tensors and its adapter files, not the frozen base.
@@ -73,23 +122,23 @@ def fit(
     optimizer step, so the weights stay finite).
     """
     rank, world = fabric.global_rank, fabric.world_size
-    steps = total_steps(len(rows), config, world)
+    steps = _steps(len(workload.plan(0, 0, world)), config)
     if steps == 0:
-        raise ValueError(f"no optimizer step fits: {len(rows)} rows for micro_bsz={config.micro_bsz} "
-                         f"on {world} process(es)")
+        raise ValueError(f"no optimizer step fits: too few rows for micro_bsz={config.micro_bsz} on {world} "
+                         "process(es)")
     bar = tqdm(total=steps, initial=progress.step, disable=not fabric.is_global_zero, dynamic_ncols=True,
                desc="train")
     last: dict[str, float] = {}
     tokens_since, time_since, loss_since, windows_since = 0, time.perf_counter(), 0.0, 0
     model.train()
     while progress.epoch < config.epoch_count and progress.step < steps:
-        windows = plan_windows(len(rows), config, epoch=progress.epoch, rank=rank, world_size=world)
+        windows = workload.plan(progress.epoch, rank, world)
         while progress.window < len(windows) and progress.step < steps:
-            window = [collate([rows[i] for i in micro]) for micro in windows[progress.window]]
-            loss, seen = _train_window(fabric, model, optimizer, window, config, progress.step, steps, micro_step)
+            window = [workload.prepare(item) for item in windows[progress.window]]
+            loss = _train_window(fabric, model, optimizer, window, config, progress.step, steps, workload)
             progress.step += 1
             progress.window += 1
-            tokens_since += seen
+            tokens_since += sum(workload.tokens(batch) for batch in window)
             loss_since += loss
             windows_since += 1
             bar.update(1)
@@ -98,6 +147,8 @@ def fit(
                 last = {"loss": loss_since / windows_since, "lr": optimizer.param_groups[0]["lr"]
                         / optimizer.param_groups[0].get("lr_scale", 1.0), "epoch": progress.epoch,
                         "tokens_per_s": tokens_since * world / max(elapsed, 1e-9)}
+                if workload.metrics is not None:
+                    last.update(workload.metrics())
                 if evaluate is not None and config.eval_steps and progress.step % config.eval_steps == 0:
                     last["eval_loss"] = evaluate()
                 bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}",
@@ -138,23 +189,21 @@ class _WindowBackprop:
         self.fabric.backward(loss_sum * self.scale)
 
 
-def _train_window(fabric, model, optimizer, window: list[dict[str, torch.Tensor]], config: TrainConfig,
-                  step: int, steps: int, micro_step: MicroStep) -> tuple[float, int]:
-    """Accumulate one window and take one optimizer step; returns (mean loss, tokens seen)."""
-    local_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in window)
-    n_targets = int(fabric.all_reduce(torch.tensor(float(local_targets)), reduce_op="sum").item())
+def _train_window(fabric, model, optimizer, window: list[dict[str, Any]], config: TrainConfig, step: int,
+                  steps: int, workload: Workload) -> float:
+    """Accumulate one window and take one optimizer step; returns the window's loss."""
+    scale, divisor = workload.normalise(fabric, window)
     lr = lr_at_step(step, total_steps=steps, lr_init=config.lr_init, lr_final=config.lr_final,
                     warmup_steps=config.warmup_steps, schedule=config.lr_schedule)
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     loss_sum = torch.zeros((), dtype=torch.float32, device=fabric.device)
-    # DDP averages gradients over processes: scale by their number to get the window's sum.
-    scale = fabric.world_size / max(n_targets, 1)
     for i, batch in enumerate(window):
-        on_device = {key: value.to(fabric.device) for key, value in batch.items()}
+        on_device = {key: value.to(fabric.device) if isinstance(value, torch.Tensor) else value
+                     for key, value in batch.items()}
         backprop = _WindowBackprop(fabric, model, scale, last_micro_batch=i == len(window) - 1)
-        loss_sum += micro_step(model, on_device, backprop)
-    loss = fabric.all_reduce(loss_sum, reduce_op="sum").item() / max(n_targets, 1)
+        loss_sum += workload.micro_step(model, on_device, backprop)
+    loss = fabric.all_reduce(loss_sum, reduce_op="sum").item() / divisor
     if not math.isfinite(loss):
         raise FloatingPointError(f"loss is {loss} at optimizer step {step + 1}: training stopped before the "
                                  "update. Lower lr_init, use precision='bf16' instead of 'fp16', or check the data")
@@ -162,8 +211,7 @@ def _train_window(fabric, model, optimizer, window: list[dict[str, torch.Tensor]
         fabric.clip_gradients(model, optimizer, max_norm=config.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    seen = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in window)
-    return loss, seen
+    return loss
 
 
 def _save(fabric, output_dir: Path, name: str, model, optimizer, progress: TrainProgress,

@@ -19,7 +19,7 @@ from rwkvtune.data import BinidxWindows, collate, prepare_examples
 from rwkvtune.engine.checkpoint import CHECKPOINT_NAME, TrainProgress, load_checkpoint, resolve_resume
 from rwkvtune.engine.fabric import full_state_dict, make_fabric, uses_deepspeed
 from rwkvtune.engine.host_memory import keep_freed_host_memory
-from rwkvtune.engine.loop import fit
+from rwkvtune.engine.loop import fit, rows_workload
 from rwkvtune.engine.master_weights import hold_for_training
 from rwkvtune.engine.metrics import MetricsWriter
 from rwkvtune.engine.steps import MicroStep, NoBackprop, chunked_step, full_sequence_step
@@ -162,9 +162,10 @@ class _Trainer:
 
         export = self.model.save_pretrained if self.trains_adapter else None
         try:
-            last = fit(fabric, model, optimizer, rows, config, collate=collate, output_dir=output_dir,
-                       progress=progress, metrics=metrics, evaluate=evaluate if eval_rows is not None else None,
-                       trainable_only=self.trains_adapter, export=export, micro_step=micro_step)
+            last = fit(fabric, model, optimizer, rows_workload(rows, config, collate=collate, micro_step=micro_step),
+                       config, output_dir=output_dir, progress=progress, metrics=metrics,
+                       evaluate=evaluate if eval_rows is not None else None, trainable_only=self.trains_adapter,
+                       export=export)
         finally:
             if metrics is not None:
                 metrics.close()
