@@ -25,11 +25,10 @@ def _help(text: str, default: Any, **kwargs: Any) -> Any:
 
 
 @dataclass
-class TrainConfig:
-    """Fields shared by every trainer (the training loop's contract)."""
+class LoopConfig:
+    """Fields shared by every trainer: what the training loop, the optimizer and Fabric read."""
 
-    # Data and batch
-    ctx_len: int = _help("Longest sequence in tokens; longer rows are truncated (and counted in the log).", 2048)
+    # Batch
     micro_bsz: int = _help("Sequences per device per forward/backward.", 4)
     accumulate_grad_batches: int = _help("Micro-batches per optimizer step (loss normalised by target tokens "
                                          "over the whole window).", 1)
@@ -53,12 +52,6 @@ class TrainConfig:
     # Memory and numerics
     grad_cp: int = _help("1 = recompute each block in backward (less memory, ~30% more compute); 0 = off.", 1)
     precision: str = _help("bf16 or fp16 (mixed: fp32 master weights) or fp32.", "bf16")
-    train_type: str = _help("normal (whole rows), or infctx: each row in chunks of chunk_ctx tokens with the RNN "
-                            "state carried from chunk to chunk (rows up to ctx_len tokens).", "normal")
-    chunk_ctx: int = _help("infctx: tokens per chunk (<= ctx_len; the last chunk of a row may be shorter).", 512)
-    truncated_bptt: bool = _help("infctx: True = stop gradients at chunk boundaries (each chunk's backward before "
-                                 "the next forward; memory of one chunk); False = exact gradients through the "
-                                 "carried state (memory grows with the row).", True)
 
     # Hardware
     accelerator: str = _help("auto, cpu or cuda.", "auto")
@@ -77,7 +70,6 @@ class TrainConfig:
     report_to: str | list[str] = _help("tensorboard, wandb, swanlab (comma-separated or a list); "
                                        "metrics.jsonl is always written.", "")
     logging_steps: int = _help("Log metrics every N optimizer steps.", 10)
-    eval_steps: int = _help("Evaluate on eval_dataset every N optimizer steps (0 = at epoch ends only).", 0)
     seed: int = _help("Seed for the data order, a new adapter's random init (peft_config=...) and dropout.", 42)
 
     def __post_init__(self) -> None:
@@ -98,14 +90,10 @@ class TrainConfig:
 
     def _problems(self) -> list[str]:
         problems = []
-        for name in ("ctx_len", "micro_bsz", "accumulate_grad_batches", "epoch_count", "devices", "num_nodes",
-                     "chunk_ctx", "logging_steps"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                problems.append(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        for name in ("warmup_steps", "save_every_n_batches", "save_total_limit", "epoch_save", "eval_steps",
-                     "grad_cp"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                problems.append(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        problems += _integers(self, ("micro_bsz", "accumulate_grad_batches", "epoch_count", "devices", "num_nodes",
+                                     "logging_steps"), minimum=1)
+        problems += _integers(self, ("warmup_steps", "save_every_n_batches", "save_total_limit", "epoch_save",
+                                     "grad_cp"), minimum=0)
         for name in ("epoch_steps", "max_steps"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -119,7 +107,6 @@ class TrainConfig:
             problems.append("adam_eps, weight_decay and grad_clip must be >= 0")
         problems += _choice("precision", self.precision, PRECISIONS)
         problems += _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        problems += _choice("train_type", self.train_type, TRAIN_TYPES)
         problems += _choice("accelerator", self.accelerator, ("auto", "cpu", "cuda", "gpu"))
         problems += _choice("strategy", self.strategy, STRATEGIES)
         if self.strategy in STRATEGIES and self.strategy.startswith("deepspeed") and \
@@ -130,9 +117,42 @@ class TrainConfig:
                 problems.append(f"report_to has unknown backend {name!r}; choose from {', '.join(REPORT_TO)}")
             elif importlib.util.find_spec(name) is None:
                 problems.append(f"report_to={name!r} needs the package: pip install 'rwkvtune[{name}]'")
-        for name in ("truncated_bptt", "overwrite_output_dir"):
-            if not isinstance(getattr(self, name), bool):
-                problems.append(f"{name} must be True or False, got {getattr(self, name)!r}")
+        problems += _booleans(self, ("overwrite_output_dir",))
+        return problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoopConfig:
+        """Build from a dict (e.g. a checkpoint's saved config); unknown keys are an error naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """Supervised training on rows of tokens (SFT and pretraining): the loop's fields plus the row length,
+    infinite-context training and evaluation."""
+
+    ctx_len: int = _help("Longest sequence in tokens; longer rows are truncated (and counted in the log).", 2048)
+    train_type: str = _help("normal (whole rows), or infctx: each row in chunks of chunk_ctx tokens with the RNN "
+                            "state carried from chunk to chunk (rows up to ctx_len tokens).", "normal")
+    chunk_ctx: int = _help("infctx: tokens per chunk (<= ctx_len; the last chunk of a row may be shorter).", 512)
+    truncated_bptt: bool = _help("infctx: True = stop gradients at chunk boundaries (each chunk's backward before "
+                                 "the next forward; memory of one chunk); False = exact gradients through the "
+                                 "carried state (memory grows with the row).", True)
+    eval_steps: int = _help("Evaluate on eval_dataset every N optimizer steps (0 = at epoch ends only).", 0)
+
+    def _problems(self) -> list[str]:
+        problems = super()._problems()
+        problems += _integers(self, ("ctx_len", "chunk_ctx"), minimum=1)
+        problems += _integers(self, ("eval_steps",), minimum=0)
+        problems += _choice("train_type", self.train_type, TRAIN_TYPES)
+        problems += _booleans(self, ("truncated_bptt",))
         if self.train_type == "infctx":
             if isinstance(self.chunk_ctx, int) and isinstance(self.ctx_len, int) and self.chunk_ctx > self.ctx_len:
                 problems.append(f"infctx needs chunk_ctx ({self.chunk_ctx}) <= ctx_len ({self.ctx_len})")
@@ -142,17 +162,16 @@ class TrainConfig:
                                 "gradient reduction")
         return problems
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Build from a dict (e.g. a checkpoint's saved config); unknown keys are an error naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
-        return cls(**data)
+def _integers(config: Any, names: tuple[str, ...], *, minimum: int) -> list[str]:
+    return [f"{name} must be an integer >= {minimum}, got {getattr(config, name)!r}" for name in names
+            if not isinstance(getattr(config, name), int) or isinstance(getattr(config, name), bool)
+            or getattr(config, name) < minimum]
+
+
+def _booleans(config: Any, names: tuple[str, ...]) -> list[str]:
+    return [f"{name} must be True or False, got {getattr(config, name)!r}" for name in names
+            if not isinstance(getattr(config, name), bool)]
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Lightning Fabric from a ``TrainConfig``: devices, strategy, precision (master weights stay fp32)."""
+"""Lightning Fabric from a ``LoopConfig``: devices, strategy, precision (master weights stay fp32)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from contextlib import contextmanager
 
 import torch
 
-from rwkvtune.config.train import TrainConfig
+from rwkvtune.config.train import LoopConfig
 
 #: Our precision names -> Fabric's: bf16/fp16 train with autocast over fp32 weights.
 FABRIC_PRECISION = {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32-true"}
 
 
-def make_fabric(config: TrainConfig):
+def make_fabric(config: LoopConfig):
     """A launched ``lightning_fabric.Fabric`` for ``config`` (one process per device)."""
     from lightning_fabric import Fabric
 
@@ -29,7 +29,7 @@ def make_fabric(config: TrainConfig):
     return fabric
 
 
-def make_strategy(config: TrainConfig):
+def make_strategy(config: LoopConfig):
     """Fabric's strategy for ``config.strategy``: a name, or a configured DeepSpeed strategy.
 
     DeepSpeed clips gradients inside its optimizer step (Fabric's ``clip_gradients`` refuses to), so

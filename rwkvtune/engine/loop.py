@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from rwkvtune.config.train import TrainConfig
+from rwkvtune.config.train import LoopConfig
 from rwkvtune.engine.checkpoint import TrainProgress, save_checkpoint
 from rwkvtune.engine.data_order import epoch_micro_batches
 from rwkvtune.engine.fabric import accumulating, uses_deepspeed
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 Collate = Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
 
 
-def plan_windows(n_rows: int, config: TrainConfig, *, epoch: int, rank: int, world_size: int) -> list[list[list[int]]]:
+def plan_windows(n_rows: int, config: LoopConfig, *, epoch: int, rank: int, world_size: int) -> list[list[list[int]]]:
     """This process's accumulation windows for ``epoch``: lists of micro-batches of row indices."""
     batches = epoch_micro_batches(n_rows, epoch=epoch, seed=config.seed, micro_bsz=config.micro_bsz,
                                   rank=rank, world_size=world_size)
@@ -39,12 +39,12 @@ def plan_windows(n_rows: int, config: TrainConfig, *, epoch: int, rank: int, wor
     return windows[:config.epoch_steps] if config.epoch_steps else windows
 
 
-def total_steps(n_rows: int, config: TrainConfig, world_size: int) -> int:
+def total_steps(n_rows: int, config: LoopConfig, world_size: int) -> int:
     """Optimizer steps of a run over ``n_rows`` rows (SFT and pretraining)."""
     return _steps(len(plan_windows(n_rows, config, epoch=0, rank=0, world_size=world_size)), config)
 
 
-def _steps(per_epoch: int, config: TrainConfig) -> int:
+def _steps(per_epoch: int, config: LoopConfig) -> int:
     steps = per_epoch * config.epoch_count
     return min(steps, config.max_steps) if config.max_steps else steps
 
@@ -87,7 +87,7 @@ class Workload:
     metrics: Callable[[], dict[str, float]] | None = None
 
 
-def rows_workload(rows: Sequence[dict[str, Any]], config: TrainConfig, *, collate: Collate,
+def rows_workload(rows: Sequence[dict[str, Any]], config: LoopConfig, *, collate: Collate,
                   micro_step: MicroStep = full_sequence_step) -> Workload:
     """Supervised rows (SFT, pretraining): shuffled micro-batches of ``config.micro_bsz`` rows, collated."""
     def plan(epoch: int, rank: int, world_size: int) -> list[list[list[int]]]:
@@ -101,19 +101,21 @@ def fit(
     model,
     optimizer: torch.optim.Optimizer,
     workload: Workload,
-    config: TrainConfig,
+    config: LoopConfig,
     *,
     output_dir: Path,
     progress: TrainProgress,
     metrics: MetricsWriter | None,
     evaluate: Callable[[], float] | None = None,
+    eval_steps: int = 0,
     trainable_only: bool = False,
     export: Callable[[Path], None] | None = None,
 ) -> dict[str, float]:
     """Train from ``progress`` to the end; returns the last logged metrics.
 
     ``workload`` says what each window holds and how each micro-batch runs (``rows_workload`` for SFT
-    and pretraining; a GRPO rollout workload).
+    and pretraining; a GRPO rollout workload). ``evaluate`` runs every ``eval_steps`` optimizer steps, or
+    at each epoch end when that is 0.
 
     ``trainable_only`` and ``export`` shape every checkpoint (see ``save_checkpoint``): an adapter run
     saves its trained tensors and its adapter files, not the frozen base.
@@ -149,7 +151,7 @@ def fit(
                         "tokens_per_s": tokens_since * world / max(elapsed, 1e-9)}
                 if workload.metrics is not None:
                     last.update(workload.metrics())
-                if evaluate is not None and config.eval_steps and progress.step % config.eval_steps == 0:
+                if evaluate is not None and eval_steps and progress.step % eval_steps == 0:
                     last["eval_loss"] = evaluate()
                 bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}",
                                 tok_s=f"{last['tokens_per_s']:.0f}")
@@ -162,7 +164,7 @@ def fit(
         if progress.window >= len(windows):
             progress.epoch += 1
             progress.window = 0
-            if evaluate is not None and not config.eval_steps:
+            if evaluate is not None and not eval_steps:
                 last["eval_loss"] = evaluate()
                 if metrics is not None and fabric.is_global_zero:
                     metrics.log(progress.step, {"eval_loss": last["eval_loss"], "epoch": progress.epoch})
@@ -189,7 +191,7 @@ class _WindowBackprop:
         self.fabric.backward(loss_sum * self.scale)
 
 
-def _train_window(fabric, model, optimizer, window: list[dict[str, Any]], config: TrainConfig, step: int,
+def _train_window(fabric, model, optimizer, window: list[dict[str, Any]], config: LoopConfig, step: int,
                   steps: int, workload: Workload) -> float:
     """Accumulate one window and take one optimizer step; returns the window's loss."""
     scale, divisor = workload.normalise(fabric, window)
@@ -215,7 +217,7 @@ def _train_window(fabric, model, optimizer, window: list[dict[str, Any]], config
 
 
 def _save(fabric, output_dir: Path, name: str, model, optimizer, progress: TrainProgress,
-          config: TrainConfig, *, trainable_only: bool, export: Callable[[Path], None] | None) -> None:
+          config: LoopConfig, *, trainable_only: bool, export: Callable[[Path], None] | None) -> None:
     path = save_checkpoint(fabric, output_dir, name, model=model, optimizer=optimizer,
                            progress=TrainProgress(**asdict(progress)), config=config.to_dict(),
                            keep=config.save_total_limit, trainable_only=trainable_only, export=export)

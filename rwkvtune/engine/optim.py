@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rwkvtune.config.train import TrainConfig
+from rwkvtune.config.train import LoopConfig
 
 
 def _group_of(name: str, param: torch.Tensor) -> str:
@@ -38,7 +38,7 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float) -> list[di
     ]
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, config: LoopConfig) -> torch.optim.AdamW:
     """AdamW over ``param_groups`` with the config's betas and epsilon.
 
     The fused kernel is used where it exists (CPU and CUDA float parameters): on a 2-core CPU one step

@@ -164,7 +164,8 @@ class _Trainer:
         try:
             last = fit(fabric, model, optimizer, rows_workload(rows, config, collate=collate, micro_step=micro_step),
                        config, output_dir=output_dir, progress=progress, metrics=metrics,
-                       evaluate=evaluate if eval_rows is not None else None, trainable_only=self.trains_adapter,
+                       evaluate=evaluate if eval_rows is not None else None, eval_steps=config.eval_steps,
+                       trainable_only=self.trains_adapter,
                        export=export)
         finally:
             if metrics is not None:
