@@ -33,11 +33,11 @@ import torch
 torch.set_num_threads(int(sys.argv[6]))
 from rwkvtune.config import RWKV7Config, get_preset
 from rwkvtune.model import new_model
-from rwkvtune.training import SFTConfig, SFTTrainer, trainers
+from rwkvtune.training import SFTConfig, SFTTrainer, base
 n_layer, n_embd, ctx, micro, precision, threads, grad_cp, steps = (int(sys.argv[1]), int(sys.argv[2]),
     int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]))
 if sys.argv[9] == "default":  # leave glibc's malloc as it is, for comparison
-    trainers.keep_freed_host_memory = lambda: False
+    base.keep_freed_host_memory = lambda: False
 config = RWKV7Config(n_layer=n_layer, n_embd=n_embd, vocab_size=65536)
 if (n_layer, n_embd) == (12, 768):
     config = get_preset("rwkv7-0.1b")

@@ -67,7 +67,7 @@ class LoopConfig:
     resume_from_checkpoint: str | None = _help("A checkpoint directory, or 'latest' in output_dir.", None)
     overwrite_output_dir: bool = _help("Allow a new run in an output_dir that holds an earlier run's checkpoints "
                                        "(they are then pruned like this run's); otherwise that is an error.", False)
-    report_to: str | list[str] = _help("tensorboard, wandb, swanlab (comma-separated or a list); "
+    report_to: str | list[str] | None = _help("tensorboard, wandb, swanlab (comma-separated or a list); "
                                        "metrics.jsonl is always written.", "")
     logging_steps: int = _help("Log metrics every N optimizer steps.", 10)
     seed: int = _help("Seed for the data order, a new adapter's random init (peft_config=...) and dropout.", 42)
@@ -77,7 +77,9 @@ class LoopConfig:
 
     @property
     def report_to_list(self) -> list[str]:
-        """``report_to`` as a list of backend names."""
+        """``report_to`` as a list of backend names (``None`` or ``""``: none)."""
+        if self.report_to is None:
+            return []
         if isinstance(self.report_to, str):
             return [name.strip() for name in self.report_to.split(",") if name.strip()]
         return list(self.report_to)

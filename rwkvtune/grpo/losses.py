@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-#: loss_type -> how the per-token terms are aggregated (spec section 4.4).
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
+from rwkvtune.config.grpo import LOSS_TYPES
+
 _CLIPPED = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
 _GLOBAL_TOKEN_MEAN = ("dapo", "cispo", "vespo")
 
