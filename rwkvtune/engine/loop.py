@@ -201,10 +201,9 @@ def _train_window(fabric, model, optimizer, window: list[dict[str, Any]], config
         group["lr"] = lr * group.get("lr_scale", 1.0)
     loss_sum = torch.zeros((), dtype=torch.float32, device=fabric.device)
     for i, batch in enumerate(window):
-        on_device = {key: value.to(fabric.device) if isinstance(value, torch.Tensor) else value
-                     for key, value in batch.items()}
+        batch.update({key: value.to(fabric.device) for key, value in batch.items() if isinstance(value, torch.Tensor)})
         backprop = _WindowBackprop(fabric, model, scale, last_micro_batch=i == len(window) - 1)
-        loss_sum += workload.micro_step(model, on_device, backprop)
+        loss_sum += workload.micro_step(model, batch, backprop)
     loss = fabric.all_reduce(loss_sum, reduce_op="sum").item() / divisor
     if not math.isfinite(loss):
         raise FloatingPointError(f"loss is {loss} at optimizer step {step + 1}: training stopped before the "

@@ -65,8 +65,8 @@ class GRPOLossSettings:
 def grpo_loss(logps: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, settings: GRPOLossSettings, *,
               old_logps: torch.Tensor | None = None, ref_logps: torch.Tensor | None = None,
               entropies: torch.Tensor | None = None, num_items_in_batch: float | None = None,
-              num_processes: int = 1, grad_accum: int = 1,
-              steps_per_generation: int = 1) -> tuple[torch.Tensor, dict[str, float]]:
+              num_processes: int = 1, grad_accum: int = 1, steps_per_generation: int = 1,
+              batch_rows: int | None = None, batch_tokens: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of one micro-batch on one process, and TRL's metrics for it.
 
     Args:
@@ -80,6 +80,9 @@ def grpo_loss(logps: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
         num_items_in_batch: active tokens of the whole generation batch on all processes (``dapo``, ``cispo``,
             ``vespo``).
         num_processes, grad_accum, steps_per_generation: ``P``, ``GA`` and ``S`` of the normalisers.
+        batch_rows, batch_tokens: rows and loss tokens of the whole micro-batch when these rows are only a
+            part of it (its forward split in pieces): the per-row and per-token means then use the whole
+            micro-batch's counts, so the pieces' losses add up to the micro-batch's.
 
     Returns:
         ``(loss, metrics)``; values at masked positions never matter.
@@ -127,7 +130,10 @@ def grpo_loss(logps: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
         term = term + s.beta * kl
         metrics["kl"] = _token_mean(kl.detach(), mask)
 
-    loss = _aggregate(s, term, mask, num_items_in_batch, num_processes, grad_accum, steps_per_generation)
+    rows = term.shape[0] if batch_rows is None else batch_rows
+    total_tokens = mask.sum().clamp(min=1.0) if batch_tokens is None else max(batch_tokens, 1.0)
+    loss = _aggregate(s, term, mask, num_items_in_batch, num_processes, grad_accum, steps_per_generation, rows,
+                      total_tokens)
     if entropies is not None:
         metrics["entropy"] = _token_mean(entropies.detach(), mask)
     if s.entropy_coef:
@@ -135,7 +141,8 @@ def grpo_loss(logps: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
             raise ValueError("entropy_coef needs the token entropies")
         metrics["policy_loss"] = float(loss.detach())
         metrics["entropy_coef"] = s.entropy_coef
-        loss = loss - s.entropy_coef * (entropies * policy_mask).sum() / policy_mask.sum().clamp(min=1.0) / grad_accum
+        policy_tokens = policy_mask.sum().clamp(min=1.0) if batch_tokens is None else total_tokens
+        loss = loss - s.entropy_coef * (entropies * policy_mask).sum() / policy_tokens / grad_accum
     # The clip metrics see the ratio after the delta cap, as TRL's do.
     capped = ratio if s.delta is None or s.loss_type not in _CLIPPED else torch.clamp(ratio, max=s.delta)
     metrics.update(_ratio_metrics(s, capped.detach(), adv, mask))
@@ -167,17 +174,18 @@ def _policy_term(s: GRPOLossSettings, logps: torch.Tensor, old: torch.Tensor, ma
 
 
 def _aggregate(s: GRPOLossSettings, term: torch.Tensor, mask: torch.Tensor, num_items_in_batch: float | None,
-               num_processes: int, grad_accum: int, steps_per_generation: int) -> torch.Tensor:
+               num_processes: int, grad_accum: int, steps_per_generation: int, rows: int,
+               tokens: torch.Tensor | float) -> torch.Tensor:
     """The loss-type's normalisation (spec section 4.4), already divided for gradient accumulation."""
     masked = term * mask
     if s.loss_type in ("grpo", "sapo"):
-        return (masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)).mean() / grad_accum
+        return (masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)).sum() / rows / grad_accum
     if s.loss_type == "bnpo":
-        return masked.sum() / mask.sum().clamp(min=1.0) / grad_accum
+        return masked.sum() / tokens / grad_accum
     if s.loss_type == "dr_grpo":
-        return masked.sum() / (term.shape[0] * s.max_completion_length) / grad_accum
+        return masked.sum() / (rows * s.max_completion_length) / grad_accum
     if s.loss_type == "luspo":
-        return masked.sum(dim=1).mean() / grad_accum
+        return masked.sum(dim=1).sum() / rows / grad_accum
     if num_items_in_batch is None:
         raise ValueError(f"loss_type={s.loss_type!r} needs num_items_in_batch (active tokens in the generation batch)")
     normalizer = num_items_in_batch / num_processes * grad_accum / steps_per_generation

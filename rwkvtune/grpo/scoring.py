@@ -9,7 +9,9 @@ position, so the prompt is read up to its second-to-last token and the completio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import ContextManager
 
 import torch
 
@@ -19,8 +21,9 @@ IGNORE_INDEX = -100
 
 
 def score_completions(model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], completion_ids: torch.Tensor,
-                      completion_mask: torch.Tensor, *, num_generations: int,
-                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                      completion_mask: torch.Tensor, *, num_generations: int, temperature: float = 1.0,
+                      prompt_scope: Callable[[], ContextManager[None]] = contextlib.nullcontext,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logprobs [N, C], entropies [N, C])`` of ``completion_ids`` (0 where ``completion_mask`` is false).
 
     Args:
@@ -33,6 +36,8 @@ def score_completions(model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]
         completion_mask: ``[N, C]`` bool, true on real completion tokens.
         num_generations: completions per prompt.
         temperature: the sampling temperature (the scores are of ``softmax(logits / temperature)``).
+        prompt_scope: wraps the prompt forwards (under DDP: not the forward that arms the gradient sync;
+            the completions' forward, which the caller wraps, is).
     """
     if len(prompt_ids) * num_generations != completion_ids.shape[0]:
         raise ValueError(f"{completion_ids.shape[0]} completions for {len(prompt_ids)} prompts x "
@@ -42,7 +47,8 @@ def score_completions(model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]
     for prompt in prompt_ids:
         if len(prompt) > 1:
             ids = torch.tensor([list(prompt[:-1])], device=device)
-            states.append(model.score(ids, torch.full_like(ids, IGNORE_INDEX), temperature=temperature).state)
+            with prompt_scope():
+                states.append(model.score(ids, torch.full_like(ids, IGNORE_INDEX), temperature=temperature).state)
         else:
             states.append(model.initial_state(1))
     start = RWKVState.cat(states).repeat_interleave(num_generations)

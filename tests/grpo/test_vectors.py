@@ -134,3 +134,22 @@ def test_padding_values_never_matter():
         assert float(loss.detach()) == pytest.approx(VECTORS["loss_cases_main"][[c["id"] for c in VECTORS["loss_cases_main"]]
                                                                         .index("main/dapo/beta=0.04/group")]["loss"],
                                             abs=ATOL)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo", "sapo", "luspo", "cispo", "vespo"])
+def test_a_micro_batch_split_in_pieces_adds_up_to_the_whole(loss_type):
+    config = {"loss_type": loss_type, "beta": 0.04, "entropy_coef": 0.01}
+    whole, grad, _ = run_case(config)
+    logps = tensor(INPUTS["per_token_logps"]).requires_grad_()
+    mask = tensor(INPUTS["completion_mask"])
+    total = 0
+    for rows in ([0, 1, 2, 3], [4, 5, 6, 7]):  # logprob_batch_size = 4: two forwards of one prompt group each
+        loss, _ = grpo_loss(logps[rows], mask[rows], tensor(VECTORS["advantages"]["group"])[rows], settings_of(config),
+                            old_logps=tensor(INPUTS["old_per_token_logps"])[rows],
+                            ref_logps=tensor(INPUTS["ref_per_token_logps"])[rows],
+                            entropies=tensor(INPUTS["entropies"])[rows], num_items_in_batch=27,
+                            batch_rows=8, batch_tokens=float(mask.sum()))
+        total = total + loss
+    total.backward()
+    assert float(total.detach()) == pytest.approx(float(whole.detach()), abs=ATOL)
+    assert torch.allclose(logps.grad, grad, atol=ATOL, rtol=0)
