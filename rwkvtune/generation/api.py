@@ -24,6 +24,7 @@ def generate(
     prefill_chunk_size: int = 2048,
     max_prefill_batch_size: int = -1,
     max_decode_batch_size: int = -1,
+    prompt_seeds: Sequence[int] | None = None,
 ) -> list[Completion]:
     """Sample ``params.n`` completions for every prompt.
 
@@ -37,6 +38,8 @@ def generate(
         tokenizer: encodes string prompts, decodes completions (default for decoding: RWKV World).
         prefill_chunk_size, max_prefill_batch_size, max_decode_batch_size: memory bounds, see
             :class:`GenerationEngine`.
+        prompt_seeds: one seed per prompt instead of ``params.seed``: each prompt's samples are then the
+            same whatever other prompts share the call.
 
     Returns:
         One :class:`Completion` per sample, prompt-major: prompt 0's ``n`` samples, then prompt 1's, ...
@@ -44,7 +47,7 @@ def generate(
     engine = GenerationEngine(model, tokenizer, prefill_chunk_size=prefill_chunk_size,
                               max_prefill_batch_size=max_prefill_batch_size,
                               max_decode_batch_size=max_decode_batch_size)
-    return engine.generate(_as_prompt_list(prompts), params or default_params(model))
+    return engine.generate(_as_prompt_list(prompts), params or default_params(model), prompt_seeds)
 
 
 def stream_text(

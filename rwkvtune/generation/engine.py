@@ -101,20 +101,28 @@ class GenerationEngine:
         self.max_decode_batch_size = max_decode_batch_size
         make_step_fn(model)  # refuses a model it cannot decode now, not at the first generation
 
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Completion]:
-        """``params.n`` completions per prompt, ordered prompt-major (prompt 0's samples first)."""
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams,
+                 prompt_seeds: Sequence[int] | None = None) -> list[Completion]:
+        """``params.n`` completions per prompt, ordered prompt-major (prompt 0's samples first).
+
+        ``prompt_seeds``: one seed per prompt instead of ``params.seed``; a prompt's completions then do
+        not depend on which other prompts share the call (GRPO over several processes).
+        """
         out: list[Completion] = []
         with inference(self.model):
-            for session in self.sessions(prompts, params):
+            for session in self.sessions(prompts, params, prompt_seeds):
                 while not session.finished:
                     session.advance()
                 out.extend(session.completions())
         return out
 
-    def sessions(self, prompts: Sequence[Prompt], params: SamplingParams) -> Iterator[DecodeSession]:
+    def sessions(self, prompts: Sequence[Prompt], params: SamplingParams,
+                 prompt_seeds: Sequence[int] | None = None) -> Iterator[DecodeSession]:
         """One :class:`DecodeSession` per wave, each prefilled when reached; advance it until finished
         before taking the next. Use under :func:`inference`."""
         ids = self.encode_prompts(prompts)
+        if prompt_seeds is not None and len(prompt_seeds) != len(ids):
+            raise ValueError(f"{len(prompt_seeds)} prompt_seeds for {len(ids)} prompts")
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
         tokenizer = self.tokenizer if self.tokenizer is not None else default_tokenizer()
         # A decoder per call: it may keep copies of the weights, which training between calls changes.
@@ -132,7 +140,8 @@ class GenerationEngine:
             yield DecodeSession(
                 step_fn, state.repeat_interleave(wave.samples),
                 logits.repeat_interleave(wave.samples, dim=0), params=params, tokenizer=tokenizer,
-                prompt_ids=rows, seeds=[completion_seed(seed, p * params.n + s) for p, s, _ in rows])
+                prompt_ids=rows, seeds=[completion_seed(seed, p * params.n + s) if prompt_seeds is None
+                                        else completion_seed(prompt_seeds[p], s) for p, s, _ in rows])
 
     def encode_prompts(self, prompts: Sequence[Prompt]) -> list[list[int]]:
         """Token ids of every prompt; one ``ValueError`` lists every bad prompt."""

@@ -242,15 +242,16 @@ class _Rollouts:
 
     def _rollout_for(self, batch: dict[str, Any]) -> _Rollout:
         if self.buffer is None or self.buffer.index != batch["rollout"]:
-            prompts = [self.trainer._prompts[i] for group in batch["groups"] for i in group]
+            indices = [i for group in batch["groups"] for i in group]
+            prompts = [self.trainer._prompts[i] for i in indices]
             saved, self._resumed = self._resumed, None
             if saved is not None and saved["index"] == batch["rollout"]:
                 self.buffer = _Rollout(prompts=prompts, **saved)
             else:
-                self.buffer = self._sample(batch["rollout"], prompts)
+                self.buffer = self._sample(batch["rollout"], prompts, indices)
         return self.buffer
 
-    def _sample(self, index: int, prompts: list[PromptRow]) -> _Rollout:
+    def _sample(self, index: int, prompts: list[PromptRow], indices: list[int]) -> _Rollout:
         """Sample, post-process, reward and score one rollout."""
         c, fabric, trainer = self.config, self.fabric, self.trainer
         g = c.num_generations
@@ -258,12 +259,13 @@ class _Rollouts:
         generation = getattr(base_model_of(trainer.model), "generation_config", None) or {}
         params = SamplingParams(
             n=g, max_new_tokens=c.max_completion_length, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
-            repetition_penalty=c.repetition_penalty, seed=_rollout_seed(c.seed, index, fabric.global_rank),
+            repetition_penalty=c.repetition_penalty,
             stop=tuple(generation.get("stop", SamplingParams.stop)),
             stop_token_ids=tuple(generation.get("stop_token_ids", SamplingParams.stop_token_ids)))
         sampled = generate(trainer.model, [p.ids for p in prompts], params, trainer.tokenizer,
                            prefill_chunk_size=c.prefill_chunk_size, max_prefill_batch_size=c.max_prefill_batch_size,
-                           max_decode_batch_size=c.max_decode_batch_size)
+                           max_decode_batch_size=c.max_decode_batch_size,
+                           prompt_seeds=[_rollout_seed(c.seed, index, i) for i in indices])
         padded = pad_completions(sampled)
         ids, mask = padded.token_ids, padded.mask
         texts = [completion.text for completion in sampled]
@@ -447,9 +449,10 @@ def _shape_advantages(advantages: torch.Tensor, rewards: torch.Tensor, config: G
     return advantages
 
 
-def _rollout_seed(seed: int, rollout: int, rank: int) -> int:
-    """A sampling seed per (run seed, rollout, process): a resumed run samples the same completions."""
-    digest = hashlib.sha256(f"{seed}/{rollout}/{rank}".encode()).digest()
+def _rollout_seed(seed: int, rollout: int, prompt: int) -> int:
+    """A sampling seed per (run seed, rollout, dataset prompt): a resumed run samples the same completions,
+    and so does a run split over another number of processes."""
+    digest = hashlib.sha256(f"{seed}/{rollout}/{prompt}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 2
 
 

@@ -225,3 +225,40 @@ def test_training_raises_the_reward_on_a_learnable_preference(tmp_path):
     GRPOTrainer(model(), even_start, config, train_dataset=prompts(2)).train()
     rewards = [r["reward"] for r in records(tmp_path / "metrics.jsonl")]
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.2 and math.isfinite(rewards[-1])
+
+
+DDP_RUN = """
+import sys
+sys.path.insert(0, sys.argv[3])
+import torch
+torch.set_num_threads(1)
+from test_grpo import FAST, length_reward, model, prompts
+from rwkvtune.training import GRPOConfig, GRPOTrainer
+
+devices = int(sys.argv[2])
+config = GRPOConfig(output_dir=sys.argv[1], devices=devices, accelerator="cpu", micro_bsz=2 // devices, max_steps=2,
+                    lr_init=1e-2, lr_final=1e-2, adam_eps=1e-2, **FAST)
+GRPOTrainer(model(), length_reward, config, train_dataset=prompts()).train()
+"""
+
+
+def test_two_process_ddp_equals_one_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_grpo.py"
+    script.write_text(DDP_RUN)
+    tests_dir = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests_dir.parent), str(tests_dir)])}
+    for devices in (1, 2):
+        proc = subprocess.run([sys.executable, str(script), str(tmp_path / f"d{devices}"), str(devices),
+                               str(tests_dir)], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = records(tmp_path / "d1" / "metrics.jsonl"), records(tmp_path / "d2" / "metrics.jsonl")
+    for key in ("loss", "reward", "reward_std", "completions/mean_length"):
+        assert [r[key] for r in one] == pytest.approx([r[key] for r in two], abs=1e-5), key
+    # as in TRL, a loss-time metric is the mean over processes of each process's token mean
+    assert [r["entropy"] for r in one] == pytest.approx([r["entropy"] for r in two], rel=1e-3)
+    w1, w2 = (AutoModel.from_pretrained(tmp_path / d / "final").state_dict() for d in ("d1", "d2"))
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
