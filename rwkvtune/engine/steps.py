@@ -76,7 +76,7 @@ def chunked_step(chunk_ctx: int, truncated_bptt: bool) -> MicroStep:
             if truncated_bptt:
                 with backprop.scope(final=final):
                     out = model(ids[:, piece], state, return_state=True, shift_labels=targets[:, piece])
-                    backprop(_with_gradient_path(out.loss_sum, model))
+                    backprop(with_gradient_path(out.loss_sum, model))
                 state = _carry(state, out.state.detach())
             else:
                 # A non-final forward must not arm the gradient sync; and no piece's loss may hold a head
@@ -105,12 +105,12 @@ def _carry(buffer: RWKVState | None, new: RWKVState) -> RWKVState:
     return buffer
 
 
-def _with_gradient_path(loss_sum: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+def with_gradient_path(loss_sum: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
     """``loss_sum``, connected to every trained parameter with a zero weight when it is not already.
 
-    Under truncated BPTT a chunk can be out of reach of everything trained: a tuned start state only
-    shapes the first chunk. Its backward still has to run (under DDP the window's final one
-    synchronises the gradients), adding zero.
+    A loss can be out of reach of everything trained: under truncated BPTT a tuned start state only
+    shapes a row's first chunk; a GRPO micro-batch can have every completion masked out. Its backward
+    still has to run (under DDP the window's final one synchronises the gradients), adding zero.
     """
     if loss_sum.requires_grad or not torch.is_grad_enabled():
         return loss_sum

@@ -188,7 +188,8 @@ def _aggregate(s: GRPOLossSettings, term: torch.Tensor, mask: torch.Tensor, num_
         return masked.sum(dim=1).sum() / rows / grad_accum
     if num_items_in_batch is None:
         raise ValueError(f"loss_type={s.loss_type!r} needs num_items_in_batch (active tokens in the generation batch)")
-    normalizer = num_items_in_batch / num_processes * grad_accum / steps_per_generation
+    # max(., 1) as every mask count: a rollout with every completion masked out gives 0, not NaN
+    normalizer = max(num_items_in_batch, 1.0) / num_processes * grad_accum / steps_per_generation
     return masked.sum() / normalizer
 
 

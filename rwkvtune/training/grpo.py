@@ -34,7 +34,7 @@ from rwkvtune.data.prompts import PromptRow, prepare_prompts
 from rwkvtune.engine.checkpoint import TrainProgress
 from rwkvtune.engine.data_order import epoch_micro_batches
 from rwkvtune.engine.loop import Workload
-from rwkvtune.engine.steps import Backprop
+from rwkvtune.engine.steps import Backprop, with_gradient_path
 from rwkvtune.generation import SamplingParams, generate, pad_completions
 from rwkvtune.grpo import GRPOLossSettings, compute_advantages, grpo_loss
 from rwkvtune.grpo.rewards import RewardFunc, RewardState, compute_rewards, reward_names
@@ -226,7 +226,7 @@ class _Rollouts:
                     entropies=ent, num_items_in_batch=rollout.num_items, num_processes=self.fabric.world_size,
                     grad_accum=c.accumulate_grad_batches, steps_per_generation=c.steps_per_generation,
                     batch_rows=len(prompts) * g, batch_tokens=float(mask.sum()))
-                backprop(loss)
+                backprop(with_gradient_path(loss, model))
             losses.append(loss.detach())
             logps.append(lp.detach())
             entropies.append(ent.detach())
