@@ -77,6 +77,10 @@ class GRPOConfig(LoopConfig):
     lr_final: float = _help("Learning rate at the last step.", 1e-7)
     warmup_steps: int = _help("Optimizer steps of linear warmup from 0 to lr_init.", 0)
     epoch_count: int = _help("Passes over the prompts.", 1)
+    # TRL's (HF's) AdamW settings: RWKV-LM's eps of 1e-18 turns the noise of policy gradients near zero into
+    # full-size steps.
+    beta2: float = _help("AdamW beta2.", 0.999)
+    adam_eps: float = _help("AdamW epsilon.", 1e-8)
 
     # Checkpoints and logging
     output_dir: str = _help("Where checkpoints, logs, rollouts and the final model go.", "output_grpo")

@@ -31,7 +31,20 @@ class StreamDecoder:
         # numbers.Integral also covers numpy integer scalars.
         if isinstance(ids, numbers.Integral):
             ids = (ids,)
-        return self._decoder.decode(self._tokenizer.decode_bytes(ids))
+        ids = list(ids)
+        try:
+            data = self._tokenizer.decode_bytes(ids)
+        except ValueError:
+            # An id without text: one of the embedding's padding rows (65530..65535 for the World vocab),
+            # which an untrained model can sample. It adds no text; its id stays in the completion.
+            data = b"".join(self._bytes_or_nothing(i) for i in ids)
+        return self._decoder.decode(data)
+
+    def _bytes_or_nothing(self, token_id: int) -> bytes:
+        try:
+            return self._tokenizer.decode_bytes([token_id])
+        except ValueError:
+            return b""
 
     def flush(self) -> str:
         """End the stream: return what is left (an incomplete tail becomes U+FFFD) and reset."""

@@ -212,11 +212,12 @@ class _Rollouts:
         old = None if rollout.old_logps is None else rollout.old_logps[rows].to(device)
         ref = None if rollout.ref_logps is None else rollout.ref_logps[rows].to(device)
         per_forward = (c.logprob_batch_size or len(prompts) * g) // g  # prompts per forward
-        started = time.perf_counter()
         losses, logps, entropies = [], [], []
+        forward_time = backward_time = 0.0
         for start in range(0, len(prompts), per_forward):
             part = slice(start * g, min(start + per_forward, len(prompts)) * g)
             with backprop.scope(final=start + per_forward >= len(prompts)):
+                started = time.perf_counter()
                 lp, ent = score_completions(model, [p.ids for p in prompts[start:start + per_forward]], ids[part],
                                             mask[part], num_generations=g, temperature=c.temperature,
                                             prompt_scope=lambda: backprop.scope(final=False))
@@ -226,7 +227,10 @@ class _Rollouts:
                     entropies=ent, num_items_in_batch=rollout.num_items, num_processes=self.fabric.world_size,
                     grad_accum=c.accumulate_grad_batches, steps_per_generation=c.steps_per_generation,
                     batch_rows=len(prompts) * g, batch_tokens=float(mask.sum()))
+                scored = time.perf_counter()
                 backprop(with_gradient_path(loss, model))
+                forward_time += scored - started
+                backward_time += time.perf_counter() - scored
             losses.append(loss.detach())
             logps.append(lp.detach())
             entropies.append(ent.detach())
@@ -234,7 +238,8 @@ class _Rollouts:
             _, metrics = grpo_loss(torch.cat(logps), mask, advantages, self.settings, old_logps=old, ref_logps=ref,
                                    entropies=torch.cat(entropies), num_items_in_batch=rollout.num_items,
                                    num_processes=self.fabric.world_size)
-        self._add({**metrics, "time/train": time.perf_counter() - started})
+        self._add({**metrics, "time/train": forward_time + backward_time, "time/logprob": forward_time,
+                   "time/backward": backward_time})
         batch["num_tokens"] = int(mask.sum()) + sum(len(p.ids) for p in prompts)
         return torch.stack(losses).sum()
 

@@ -194,11 +194,15 @@ def _logprob_batch_size(tmp: Path) -> None:
     assert split[0]["loss"] == pytest.approx(whole[0]["loss"], abs=1e-6)
 
 
-@probe("lr_init", "lr_final", "warmup_steps", "epoch_count")
+@probe("lr_init", "lr_final", "warmup_steps", "epoch_count", "beta2", "adam_eps")
 def _grpo_defaults(tmp: Path) -> None:
-    """GRPO's own defaults for shared fields (TRL's learning rate; the loop reads them as for SFT)."""
+    """GRPO's own defaults for shared fields (TRL's learning rate and AdamW; the loop reads them as for SFT)."""
+    from rwkvtune.engine.optim import build_optimizer
+
     config = GRPOConfig()
     assert (config.lr_init, config.lr_final, config.warmup_steps, config.epoch_count) == (1e-6, 1e-7, 0, 1)
+    group = build_optimizer(model(), config).param_groups[0]
+    assert group["betas"] == (0.9, 0.999) and group["eps"] == 1e-8
     metrics, _ = run(tmp, lr_init=5e-3, lr_final=5e-3, warmup_steps=0)
     assert metrics[0]["lr"] == pytest.approx(5e-3)
 
@@ -212,7 +216,7 @@ def _output_dir(tmp: Path) -> None:
 def test_every_grpo_field_has_a_probe():
     shared = {f.name for f in dataclasses.fields(LoopConfig)}
     grpo_own = {f.name for f in dataclasses.fields(GRPOConfig)} - shared
-    redefined = {"micro_bsz", "lr_init", "lr_final", "warmup_steps", "epoch_count", "output_dir"}
+    redefined = {"micro_bsz", "lr_init", "lr_final", "warmup_steps", "epoch_count", "output_dir", "beta2", "adam_eps"}
     assert grpo_own | redefined == set(PROBES)
 
 

@@ -311,3 +311,11 @@ def test_tokenizer_layer_imports_no_torch():
                 assert name.split(".")[0] in allowed, f"{source.name} imports {name}"
                 if name.startswith("rwkvtune."):
                     assert name.split(".")[1] in ("tokenizer", "config"), f"{source.name} imports {name}"
+
+
+def test_stream_decoder_gives_padding_ids_no_text():
+    from rwkvtune.tokenizer import StreamDecoder
+
+    tokenizer = WorldTokenizer.default()
+    stream = StreamDecoder(tokenizer)
+    assert stream.feed([65534] + tokenizer.encode("ok")) + stream.flush() == "ok"  # an untrained model's sample
