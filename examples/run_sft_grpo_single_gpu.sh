@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The seed README's workflow: SFT with LoRA -> merge -> GRPO with LoRA -> merge -> test generation.
+# The seed README's workflow: SFT with LoRA -> merge -> GRPO with LoRA -> merge -> test generation (with the
+# bundled task's held-out score, eval_task.py, after each merge).
 #   MODEL_PATH=models/rwkv7-0.1b ./run_sft_grpo_single_gpu.sh
 # Without MODEL_PATH a new small RWKV-7 (L3-C192) is fine-tuned on the bundled synthetic task first (no
 # downloads; ~5 min on 2 CPU cores). Settings: WORK_DIR [runs/sft_grpo], LORA_R [32], SFT_EPOCHS [3],
@@ -19,8 +20,10 @@ fi
 MODEL_PATH=$MODEL_PATH OUTPUT_DIR=$WORK_DIR/output_sft EPOCH_COUNT=${SFT_EPOCHS:-3} MICRO_BSZ=16 CTX_LEN=128 \
   LR_INIT=${SFT_LR:-5e-3} LR_FINAL=1e-4 GRAD_CP=0 python train_sft_single_gpu.py
 rwkvtune-merge-lora -b "$MODEL_PATH" -l "$WORK_DIR/output_sft/final" -o "$WORK_DIR/sft-merged" --precision fp32 --overwrite
+MODEL_PATH=$WORK_DIR/sft-merged python eval_task.py
 MODEL_PATH=$WORK_DIR/sft-merged OUTPUT_DIR=$WORK_DIR/output_grpo NUM_PROMPTS=${GRPO_PROMPTS:-2000} \
   EPOCH_STEPS=${GRPO_STEPS:-400} LR_INIT=${GRPO_LR:-1e-3} LR_FINAL=${GRPO_LR:-1e-3} LOGGING_STEPS=40 \
   python train_grpo_single_gpu.py
 rwkvtune-merge-lora -b "$WORK_DIR/sft-merged" -l "$WORK_DIR/output_grpo/final" -o "$WORK_DIR/final" --precision fp32 --overwrite
+MODEL_PATH=$WORK_DIR/final python eval_task.py
 MODEL_PATH=$WORK_DIR/final TEMPERATURE=0 NUM_SAMPLES=1 MAX_NEW_TOKENS=16 python test_generation.py
