@@ -16,6 +16,8 @@ from rwkvtune.tokenizer import WorldTokenizer
 
 #: Columns that define the prompt (not passed to reward functions as extra columns).
 PROMPT_COLUMNS = ("input_ids", "messages", "prompt")
+#: Keyword arguments the trainer passes to reward functions itself: no column may take these names.
+RESERVED_COLUMNS = ("prompts", "completions", "completion_ids", "trainer_state")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,10 @@ def prepare_prompts(dataset: Any, *, tokenizer: WorldTokenizer, max_prompt_lengt
     if not kinds:
         raise ValueError(f"GRPO rows need a prompt: an input_ids, messages or prompt column; the dataset has "
                          f"{', '.join(source.column_names) or 'no columns'}")
+    taken = [name for name in RESERVED_COLUMNS if name in source.column_names]
+    if taken:
+        raise ValueError(f"GRPO datasets cannot have columns named {', '.join(taken)}: the reward functions get "
+                         "those arguments from the trainer; rename them")
     rows: list[PromptRow] = []
     problems: list[str] = []
     for index, row in enumerate(source.iter_rows(source.column_names)):

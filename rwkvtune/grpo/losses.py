@@ -9,6 +9,7 @@ objective, as TRL's trainer does with ``loss_is_scaled_for_ga``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -66,7 +67,8 @@ def grpo_loss(logps: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
               old_logps: torch.Tensor | None = None, ref_logps: torch.Tensor | None = None,
               entropies: torch.Tensor | None = None, num_items_in_batch: float | None = None,
               num_processes: int = 1, grad_accum: int = 1, steps_per_generation: int = 1,
-              batch_rows: int | None = None, batch_tokens: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+              batch_rows: int | None = None, batch_tokens: float | None = None,
+              gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of one micro-batch on one process, and TRL's metrics for it.
 
     Args:
@@ -83,6 +85,8 @@ def grpo_loss(logps: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
         batch_rows, batch_tokens: rows and loss tokens of the whole micro-batch when these rows are only a
             part of it (its forward split in pieces): the per-row and per-token means then use the whole
             micro-batch's counts, so the pieces' losses add up to the micro-batch's.
+        gather: ``[n] -> [all processes' n]``: the entropy threshold of ``top_entropy_quantile`` is taken over
+            every process's active tokens, as TRL does (default: this process's only).
 
     Returns:
         ``(loss, metrics)``; values at masked positions never matter.
@@ -115,8 +119,13 @@ def grpo_loss(logps: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
         if entropies is None:
             raise ValueError("top_entropy_quantile < 1 needs the token entropies")
         active = entropies[mask.bool()].detach()
-        threshold = torch.quantile(active.float(), 1.0 - s.top_entropy_quantile).to(entropies.dtype)
-        high = ((entropies >= threshold) & mask.bool()).to(term.dtype)
+        if gather is not None:
+            active = gather(active)
+        if active.numel():
+            threshold = torch.quantile(active.float(), 1.0 - s.top_entropy_quantile).to(entropies.dtype)
+            high = ((entropies >= threshold) & mask.bool()).to(term.dtype)
+        else:  # no active token anywhere: nothing to keep
+            high = torch.zeros_like(term)
         term = term * high
         policy_mask = mask * high
     if s.beta != 0.0:
@@ -141,7 +150,9 @@ def grpo_loss(logps: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
             raise ValueError("entropy_coef needs the token entropies")
         metrics["policy_loss"] = float(loss.detach())
         metrics["entropy_coef"] = s.entropy_coef
-        policy_tokens = policy_mask.sum().clamp(min=1.0) if batch_tokens is None else total_tokens
+        # TRL: a token mean over the policy mask (the loss mask, times the entropy mask when that is on)
+        policy_tokens = total_tokens if batch_tokens is not None and s.top_entropy_quantile >= 1.0 \
+            else policy_mask.sum().clamp(min=1.0)
         loss = loss - s.entropy_coef * (entropies * policy_mask).sum() / policy_tokens / grad_accum
     # The clip metrics see the ratio after the delta cap, as TRL's do.
     capped = ratio if s.delta is None or s.loss_type not in _CLIPPED else torch.clamp(ratio, max=s.delta)

@@ -8,8 +8,11 @@ in the training forward). ``accumulate_grad_batches`` micro-steps make an optimi
 in the shared training loop (``engine.loop.fit``), with its checkpoints, exact resume and metrics.
 
 Where this differs from TRL: micro-batches hold whole prompt groups (TRL shuffles completions across
-them), so that a prompt is read once per forward; only ``bnpo`` (a micro-batch-local token mean) gives a
-different number for it. Rewards come from Python callables only (no reward models).
+them), so that a prompt is read once per forward. What is local to a micro-batch can then differ: ``bnpo``'s
+token mean, the ``top_entropy_quantile`` threshold, and with ``steps_per_generation > accumulate_grad_batches``
+which completions an optimizer step sees. Rewards come from Python callables only (no reward models). With
+an adapter already trained when passed in, the reference is the base with it switched off (TRL copies the
+initial adapter).
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from rwkvtune.grpo.rewards import RewardFunc, RewardState, compute_rewards, rewa
 from rwkvtune.grpo.scoring import score_completions
 from rwkvtune.model import base_model_of
 from rwkvtune.tokenizer import WorldTokenizer
-from rwkvtune.training.base import BaseTrainer
+from rwkvtune.engine.master_weights import hold_for_training
+from rwkvtune.training.base import COMPUTE_DTYPES, BaseTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +90,9 @@ class GRPOTrainer(BaseTrainer):
             problems.append("GRPOTrainer needs a train_dataset of prompts")
         if completion_postprocess_fn is not None and not callable(completion_postprocess_fn):
             problems.append("completion_postprocess_fn must be callable")
+        if self.args.beta != 0 and getattr(getattr(self.model, "rwkv_info", None), "initial_adapter", None) is not None:
+            problems.append("beta > 0 needs the starting policy as the reference, but a PiSSA/OLoRA/CorDA adapter "
+                            "rewrote the base weights: use a plain LoRA init, or beta=0")
         if problems:
             raise ValueError("invalid GRPOTrainer arguments:\n  - " + "\n  - ".join(problems))
         self.reward_funcs = funcs
@@ -100,11 +107,17 @@ class GRPOTrainer(BaseTrainer):
         self._prompts = prepare_prompts(self.train_dataset, tokenizer=self.tokenizer,
                                         max_prompt_length=self.args.max_prompt_length,
                                         vocab_size=base.config.vocab_size)
-        # Full fine-tuning keeps the starting policy as a frozen copy; an adapter run gets it by switching
-        # the adapter off (no second copy of the weights).
+        # The starting policy, for the KL: full fine-tuning keeps a frozen copy; state tuning the starting
+        # state beside the shared base; LoRA switches the adapter off (no second copy of the weights).
         self._reference = None
         if self.args.beta != 0 and not self.trains_adapter:
             self._reference = copy.deepcopy(base).eval().requires_grad_(False)
+            # held as the policy's frozen weights would be, so that the first step's KL is 0
+            hold_for_training(self._reference, COMPUTE_DTYPES[self.args.precision])
+        elif self.args.beta != 0 and hasattr(self.model, "time_state"):
+            from rwkvtune.peft import StateTunedModel
+
+            self._reference = StateTunedModel(base, self.model.time_state.detach()).requires_grad_(False)
 
     def _workload(self, fabric, model, progress: TrainProgress) -> Workload:
         if self._reference is not None:
@@ -126,12 +139,16 @@ class GRPOTrainer(BaseTrainer):
 class _Rollout:
     """One rollout of ``P`` prompts x ``G`` completions (this process's share), and what the loss needs.
 
-    Tensors are ``[N, C]`` / ``[N]`` with ``N = P x G``, prompt-major, on the CPU.
+    Tensors are ``[N, C]`` / ``[N]`` with ``N = P x G``, prompt-major, on the CPU. ``sampled_mask`` marks
+    the sampled tokens (what the rewards see); ``mask`` the tokens in the loss (truncated completions left
+    out under ``mask_truncated_completions``).
     """
 
     index: int
     prompts: list[PromptRow]
+    indices: list[int]
     completion_ids: torch.Tensor
+    sampled_mask: torch.Tensor
     mask: torch.Tensor
     completions: list[str]
     finish_reasons: list[str]
@@ -218,15 +235,18 @@ class _Rollouts:
             part = slice(start * g, min(start + per_forward, len(prompts)) * g)
             with backprop.scope(final=start + per_forward >= len(prompts)):
                 started = time.perf_counter()
-                lp, ent = score_completions(model, [p.ids for p in prompts[start:start + per_forward]], ids[part],
-                                            mask[part], num_generations=g, temperature=c.temperature,
-                                            prompt_scope=lambda: backprop.scope(final=False))
+                # Fabric applies mixed precision only to calls that go through its wrapper's forward, and on one
+                # device a marked method does not: autocast here, as for the old and reference passes.
+                with self.fabric.autocast():
+                    lp, ent = score_completions(model, [p.ids for p in prompts[start:start + per_forward]],
+                                                ids[part], mask[part], num_generations=g, temperature=c.temperature,
+                                                prompt_scope=lambda: backprop.scope(final=False))
                 loss, _ = grpo_loss(
                     lp, mask[part], advantages[part], self.settings,
                     old_logps=None if old is None else old[part], ref_logps=None if ref is None else ref[part],
                     entropies=ent, num_items_in_batch=rollout.num_items, num_processes=self.fabric.world_size,
                     grad_accum=c.accumulate_grad_batches, steps_per_generation=c.steps_per_generation,
-                    batch_rows=len(prompts) * g, batch_tokens=float(mask.sum()))
+                    batch_rows=len(prompts) * g, batch_tokens=float(mask.sum()), gather=self._gather_values)
                 scored = time.perf_counter()
                 backprop(with_gradient_path(loss, model))
                 forward_time += scored - started
@@ -237,7 +257,7 @@ class _Rollouts:
         with torch.no_grad():  # the metrics of the whole micro-batch
             _, metrics = grpo_loss(torch.cat(logps), mask, advantages, self.settings, old_logps=old, ref_logps=ref,
                                    entropies=torch.cat(entropies), num_items_in_batch=rollout.num_items,
-                                   num_processes=self.fabric.world_size)
+                                   num_processes=self.fabric.world_size, gather=self._gather_values)
         self._add({**metrics, "time/train": forward_time + backward_time, "time/logprob": forward_time,
                    "time/backward": backward_time})
         batch["num_tokens"] = int(mask.sum()) + sum(len(p.ids) for p in prompts)
@@ -250,8 +270,9 @@ class _Rollouts:
             indices = [i for group in batch["groups"] for i in group]
             prompts = [self.trainer._prompts[i] for i in indices]
             saved, self._resumed = self._resumed, None
-            if saved is not None and saved["index"] == batch["rollout"]:
-                self.buffer = _Rollout(prompts=prompts, **saved)
+            key = self._buffer_key(batch["rollout"], indices)
+            if saved is not None and saved.pop("key") == key:
+                self.buffer = _Rollout(prompts=prompts, indices=indices, **saved)
             else:
                 self.buffer = self._sample(batch["rollout"], prompts, indices)
         return self.buffer
@@ -281,6 +302,7 @@ class _Rollouts:
         if trainer.completion_postprocess_fn is not None:
             texts, ids, mask = _postprocess(trainer.completion_postprocess_fn, shown, texts, ids, mask,
                                             trainer.tokenizer, columns)
+        sampled_mask = mask
         if c.mask_truncated_completions:
             mask = mask & ~torch.tensor([reason == "length" for reason in finish])[:, None]
         sampled_at = time.perf_counter()
@@ -289,8 +311,8 @@ class _Rollouts:
                        for p, text in zip((p for p in prompts for _ in range(g)), texts)]
         rewards_per_func = compute_rewards(
             trainer.reward_funcs, trainer.reward_names, prompts=shown, completions=completions,
-            completion_ids=[row[keep].tolist() for row, keep in zip(ids, mask)], columns=columns,
-            trainer_state=RewardState(self.progress.step, self.progress.epoch, c.max_steps or 0))
+            completion_ids=[row[keep].tolist() for row, keep in zip(ids, sampled_mask)], columns=columns,
+            trainer_state=RewardState(self.progress.step, self.progress.epoch, self._total_steps()))
         rewarded_at = time.perf_counter()
         everyone = self._gather(rewards_per_func)                                # [world * N, K]
         weights = None if c.reward_weights is None else torch.tensor(c.reward_weights, dtype=torch.float64)
@@ -300,14 +322,14 @@ class _Rollouts:
         n = len(texts)
         mine = slice(fabric.global_rank * n, (fabric.global_rank + 1) * n)
         num_items = float(fabric.all_reduce(mask.sum().to(fabric.device, torch.float32), reduce_op="sum"))
-        rollout = _Rollout(index, prompts, ids, mask, texts, finish, rewards_per_func, stats.rewards[mine],
-                           advantages[mine].float(), num_items, None, None)
+        rollout = _Rollout(index, prompts, indices, ids, sampled_mask, mask, texts, finish, rewards_per_func,
+                           stats.rewards[mine], advantages[mine].float(), num_items, None, None)
         if c.needs_old_logprobs:
             rollout.old_logps = self._logprobs(self.model, prompts, ids, mask)
         if c.beta != 0:
             rollout.ref_logps = self._reference_logprobs(prompts, ids, mask)
 
-        lengths = self._gather(mask.sum(dim=1, keepdim=True).double()).squeeze(1)
+        lengths = self._gather(sampled_mask.sum(dim=1, keepdim=True).double()).squeeze(1)
         clipped = self._gather(torch.tensor([[reason == "length"] for reason in finish], dtype=torch.float64)).squeeze(1)
         terminated = lengths[clipped == 0]
         metrics = {"completions/mean_length": float(lengths.mean()), "completions/min_length": float(lengths.min()),
@@ -331,23 +353,36 @@ class _Rollouts:
         parts = []
         for start in range(0, len(prompts), per_forward):
             rows = slice(start * c.num_generations, (start + per_forward) * c.num_generations)
-            logps, _ = score_completions(model, [p.ids for p in prompts[start:start + per_forward]],
-                                         ids[rows].to(self.fabric.device), mask[rows].to(self.fabric.device),
-                                         num_generations=c.num_generations, temperature=c.temperature)
+            with self.fabric.autocast():  # the training forward's precision
+                logps, _ = score_completions(model, [p.ids for p in prompts[start:start + per_forward]],
+                                             ids[rows].to(self.fabric.device), mask[rows].to(self.fabric.device),
+                                             num_generations=c.num_generations, temperature=c.temperature)
             parts.append(logps.float().cpu())
         return torch.cat(parts)
 
     def _reference_logprobs(self, prompts: list[PromptRow], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Log-probs under the starting policy: the adapter switched off, the untuned state, or the copy."""
         trainer = self.trainer
-        if trainer._reference is not None:
-            with self.fabric.autocast():
-                return self._logprobs(trainer._reference, prompts, ids, mask)
-        if hasattr(trainer.model, "time_state"):  # state tuning: the base from the zero state
-            with self.fabric.autocast():
-                return self._logprobs(trainer.model.model, prompts, ids, mask)
+        if trainer._reference is not None:  # a frozen copy, or the starting state on the shared base
+            return self._logprobs(trainer._reference, prompts, ids, mask)
         with trainer.model.disable_adapter():
             return self._logprobs(self.model, prompts, ids, mask)
+
+    def _gather_values(self, local: torch.Tensor) -> torch.Tensor:
+        """``[n]`` values of different ``n`` on each process -> all of them (on every process)."""
+        if self.fabric.world_size == 1:
+            return local
+        longest = int(self.fabric.all_reduce(torch.tensor(float(local.numel()), device=self.fabric.device),
+                                             reduce_op="max"))
+        padded = torch.full((longest,), math.nan, dtype=local.dtype, device=self.fabric.device)
+        padded[:local.numel()] = local
+        gathered = self.fabric.all_gather(padded).reshape(-1)
+        return gathered[~torch.isnan(gathered)]
+
+    def _total_steps(self) -> int:
+        """Optimizer steps of the run (what TRL's ``trainer_state.max_steps`` holds)."""
+        per_epoch = len(self.plan(0, self.fabric.global_rank, self.fabric.world_size)) * self.config.epoch_count
+        return min(per_epoch, self.config.max_steps) if self.config.max_steps else per_epoch
 
     def _gather(self, local: torch.Tensor) -> torch.Tensor:
         """``[n, ...]`` on every process -> ``[world * n, ...]`` in rank order, on the CPU."""
@@ -367,7 +402,7 @@ class _Rollouts:
             records.append({
                 "step": self.progress.step + 1, "rollout": rollout.index, "prompt": prompt.prompt,
                 "prompt_ids": prompt.ids, "completion": text,
-                "completion_ids": rollout.completion_ids[i][rollout.mask[i]].tolist(),
+                "completion_ids": rollout.completion_ids[i][rollout.sampled_mask[i]].tolist(),
                 "completion_length": int(rollout.mask[i].sum()), "finish_reason": reason,
                 "rewards": {name: _number(value) for name, value in zip(self.trainer.reward_names,
                                                                       rollout.rewards_per_func[i].tolist())},
@@ -384,12 +419,18 @@ class _Rollouts:
             for record in records:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
+    def _buffer_key(self, rollout: int, indices: list[int]) -> list[int]:
+        """What a saved rollout must match to be reused: its index, prompts, group size and process count."""
+        return [rollout, self.config.num_generations, self.fabric.world_size, *indices]
+
     def save_buffer(self, directory: Path) -> None:
-        """The rollout in use, so that a resume inside it trains on the same completions (one process)."""
+        """The rollout in use, so that a resume inside it trains on the same completions (one process: under
+        DDP only rank 0 writes checkpoint files, and the rollout is sampled again on resume)."""
         if self.buffer is None or self.fabric.world_size > 1:
             return
         b = self.buffer
-        torch.save({"index": b.index, "completion_ids": b.completion_ids, "mask": b.mask, "completions": b.completions,
+        torch.save({"key": self._buffer_key(b.index, b.indices), "index": b.index, "completion_ids": b.completion_ids,
+                    "sampled_mask": b.sampled_mask, "mask": b.mask, "completions": b.completions,
                     "finish_reasons": b.finish_reasons, "rewards_per_func": b.rewards_per_func, "rewards": b.rewards,
                     "advantages": b.advantages, "num_items": b.num_items, "old_logps": b.old_logps,
                     "ref_logps": b.ref_logps}, directory / ROLLOUT_BUFFER_FILE)

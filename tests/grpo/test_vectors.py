@@ -153,3 +153,11 @@ def test_a_micro_batch_split_in_pieces_adds_up_to_the_whole(loss_type):
     total.backward()
     assert float(total.detach()) == pytest.approx(float(whole.detach()), abs=ATOL)
     assert torch.allclose(logps.grad, grad, atol=ATOL, rtol=0)
+
+
+def test_entropy_mask_over_no_active_token_keeps_nothing():
+    logps = tensor(INPUTS["per_token_logps"]).requires_grad_()
+    loss, metrics = grpo_loss(logps, torch.zeros(8, 5, dtype=torch.float64), tensor(VECTORS["advantages"]["group"]),
+                              GRPOLossSettings(top_entropy_quantile=0.5, entropy_coef=0.1),
+                              entropies=tensor(INPUTS["entropies"]), num_items_in_batch=0)
+    assert float(loss.detach()) == 0.0 and metrics["entropy"] == 0.0

@@ -262,3 +262,48 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     assert [r["entropy"] for r in one] == pytest.approx([r["entropy"] for r in two], rel=1e-3)
     w1, w2 = (AutoModel.from_pretrained(tmp_path / d / "final").state_dict() for d in ("d1", "d2"))
     assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
+
+
+@pytest.mark.parametrize("setup", ["full-bf16", "state-tuning"])
+def test_the_reference_is_the_starting_policy(tmp_path, setup):
+    from rwkvtune.peft import StateTuningConfig
+
+    kwargs = {}
+    policy = model()
+    if setup == "full-bf16":
+        policy = policy.to(torch.bfloat16)  # an official checkpoint's dtype; trained with fp32 masters
+        precision = "bf16"
+    else:
+        kwargs["peft_config"] = StateTuningConfig()
+        precision = "fp32"
+    config = GRPOConfig(output_dir=str(tmp_path), beta=0.1, max_steps=2, lr_init=1e-2, lr_final=1e-2,
+                        **{**FAST, "precision": precision})
+    trainer = GRPOTrainer(policy, length_reward, config, train_dataset=prompts(), **kwargs)
+    if setup == "state-tuning":
+        with torch.no_grad():
+            trainer.model.time_state.normal_(std=0.1)  # a starting state that is not zero
+    trainer.train()
+    kls = [r["kl"] for r in records(tmp_path / "metrics.jsonl")]
+    assert kls[0] == 0.0 and kls[-1] > 0
+
+
+def test_truncated_completions_are_left_out_of_the_loss_only(tmp_path):
+    seen = []
+
+    def record(completion_ids, **kwargs):
+        seen.extend(len(ids) for ids in completion_ids)
+        return [float(len(ids)) for ids in completion_ids]
+
+    config = GRPOConfig(output_dir=str(tmp_path), max_steps=1, save_rollout_steps=1, mask_truncated_completions=True,
+                        **{**FAST, "max_completion_length": 2})
+    GRPOTrainer(model(), record, config, train_dataset=prompts()).train()
+    rows = records(tmp_path / "rollouts" / "rollouts_step000001.jsonl")
+    truncated = [r for r in rows if r["finish_reason"] == "length"]
+    assert truncated and all(r["completion_length"] == 0 and len(r["completion_ids"]) == 2 for r in truncated)
+    assert 2 in seen  # the reward functions saw every sampled token
+
+
+def test_reserved_column_names_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="cannot have columns named completions"):
+        GRPOTrainer(model(), length_reward, GRPOConfig(output_dir=str(tmp_path), **FAST),
+                    train_dataset=[{"prompt": "hi", "completions": "x"}] * 4).train()
