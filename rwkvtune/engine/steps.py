@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import ContextManager, Protocol
+from typing import Protocol
 
 import torch
 
@@ -26,7 +26,7 @@ IGNORE_INDEX = -100
 
 
 class Backprop(Protocol):
-    def scope(self, final: bool) -> ContextManager[None]:
+    def scope(self, final: bool) -> contextlib.AbstractContextManager[None]:
         """Wrap one forward+backward unit; ``final``: the unit whose backward ends this micro-batch."""
 
     def __call__(self, loss_sum: torch.Tensor) -> None:
@@ -36,7 +36,7 @@ class Backprop(Protocol):
 class NoBackprop:
     """For evaluation: forward only."""
 
-    def scope(self, final: bool) -> ContextManager[None]:
+    def scope(self, final: bool) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
     def __call__(self, loss_sum: torch.Tensor) -> None:

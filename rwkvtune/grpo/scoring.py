@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import ContextManager
 
 import torch
 
@@ -22,7 +21,7 @@ IGNORE_INDEX = -100
 
 def score_completions(model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], completion_ids: torch.Tensor,
                       completion_mask: torch.Tensor, *, num_generations: int, temperature: float = 1.0,
-                      prompt_scope: Callable[[], ContextManager[None]] = contextlib.nullcontext,
+                      prompt_scope: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logprobs [N, C], entropies [N, C])`` of ``completion_ids`` (0 where ``completion_mask`` is false).
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from checkpoints import random_state_dict, tiny_config
+from probing import probe_registry
 from rwkvtune.engine.fabric import make_fabric, make_strategy
 from rwkvtune.engine.loop import total_steps
 from rwkvtune.engine.optim import build_optimizer
@@ -25,15 +25,7 @@ CONFIG = tiny_config(n_layer=1, n_embd=64, vocab_size=300, dim_ffn=128, dim_deca
                      dim_value_lora=32, dim_gate_lora=32)
 BASE = dict(ctx_len=32, micro_bsz=2, epoch_count=1, precision="fp32", grad_cp=0, warmup_steps=0, logging_steps=1,
             lr_init=1e-2, lr_final=1e-3, epoch_save=0)
-PROBES: dict[str, Callable[[Path], None]] = {}
-
-
-def probe(*names: str):
-    def register(fn):
-        for name in names:
-            PROBES[name] = fn
-        return fn
-    return register
+PROBES, probe = probe_registry()
 
 
 def model() -> RWKV7:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from checkpoints import random_state_dict, tiny_config
+from probing import probe_registry
 from rwkvtune.config.train import LoopConfig
 from rwkvtune.hub import AutoModel
 from rwkvtune.training import GRPOConfig, GRPOTrainer
@@ -21,15 +21,7 @@ CONFIG = tiny_config(vocab_size=65536, n_layer=1, n_embd=64, dim_ffn=128, dim_de
                      dim_value_lora=32, dim_gate_lora=32)
 BASE = dict(precision="fp32", grad_cp=0, logging_steps=1, max_completion_length=6, num_generations=4, max_steps=1,
             save_rollout_steps=1, lr_init=1e-2, lr_final=1e-2)
-PROBES: dict[str, Callable[[Path], None]] = {}
-
-
-def probe(*names: str):
-    def register(fn):
-        for name in names:
-            PROBES[name] = fn
-        return fn
-    return register
+PROBES, probe = probe_registry()
 
 
 def model():
