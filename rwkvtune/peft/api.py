@@ -62,8 +62,3 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameter counts (each tensor once)."""
     params = {id(p): p for p in model.parameters()}.values()
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
-def is_adapted(model: nn.Module) -> bool:
-    """Whether ``model`` trains an adapter or a state rather than its own weights."""
-    return isinstance(model, (peft.PeftModel, StateTunedModel))
