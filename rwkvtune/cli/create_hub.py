@@ -8,13 +8,13 @@ existing one is replaced only with ``--overwrite``.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from rwkvtune.cli.command import run_command
 from rwkvtune.config import PRESETS, get_preset
 from rwkvtune.config.model import PRESET_CTX_LEN
 from rwkvtune.hub.config_json import DEFAULT_CTX_LEN, write_model_metadata
@@ -105,16 +105,14 @@ def create_hub(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def action() -> str:
         out = create_hub(args.output_dir, args.model_file, args.config_name, ctx_len=args.ctx_len,
                          chat_template=args.chat_template, link_weights=args.link_weights,
                          save_format=args.save_format, overwrite=args.overwrite)
-    except (OSError, ValueError) as err:  # bad input or a file-system problem: a message, not a traceback
-        print(f"rwkvtune-create-hub: error: {err}", file=sys.stderr)
-        return 2
-    print(f"created {out}")
-    return 0
+        return f"created {out}"
+
+    return run_command("rwkvtune-create-hub", action)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import logging
 import shutil
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Sequence
 
 import torch
 
+from rwkvtune.cli.command import run_command
 from rwkvtune.hub.auto import find_weights_file, load_model, resolve_dtype
 from rwkvtune.hub.files import TOKENIZER_CONFIG_FILE, VOCAB_FILE, staged_directory, write_json
 from rwkvtune.hub.tokenizer_files import save_tokenizer
@@ -116,15 +116,13 @@ def _check_inputs(base_path: Path, lora_path: Path, output: Path, *, device: str
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def action() -> str:
         out = merge_lora(args.base_model, args.lora_model, args.output, device=args.device, precision=args.precision,
                          save_format=args.save_format, overwrite=args.overwrite)
-    except (OSError, ValueError) as err:  # bad input or a file-system problem: a message, not a traceback
-        print(f"rwkvtune-merge-lora: error: {err}", file=sys.stderr)
-        return 2
-    print(f"merged {args.lora_model} into {args.base_model}: {out}")
-    return 0
+        return f"merged {args.lora_model} into {args.base_model}: {out}"
+
+    return run_command("rwkvtune-merge-lora", action)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ from typing import Protocol
 import torch
 
 from rwkvtune.model import RWKVState
-from rwkvtune.model.loss import gradients_formed_in_backward
-
-IGNORE_INDEX = -100
+from rwkvtune.model.loss import IGNORE_INDEX, gradients_formed_in_backward
 
 
 class Backprop(Protocol):

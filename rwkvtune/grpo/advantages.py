@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-SCALE_REWARDS = ("group", "batch", "none")
-AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
+from rwkvtune.config.grpo import AGGREGATIONS, SCALE_REWARDS
+
 _STD_EPS = 1e-4
 
 

@@ -15,8 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from rwkvtune.model import RWKVState
-
-IGNORE_INDEX = -100
+from rwkvtune.model.loss import IGNORE_INDEX
 
 
 def score_completions(model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], completion_ids: torch.Tensor,

@@ -18,6 +18,7 @@ initial adapter).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -168,14 +169,8 @@ class _Rollouts:
         self.trainer, self.fabric, self.model, self.progress = trainer, fabric, model, progress
         self.config: GRPOConfig = trainer.args
         c = self.config
-        self.settings = GRPOLossSettings(
-            loss_type=c.loss_type, epsilon=c.epsilon, epsilon_high=c.epsilon_high, delta=c.delta, beta=c.beta,
-            importance_sampling_level=c.importance_sampling_level, use_bias_correction_kl=c.use_bias_correction_kl,
-            top_entropy_quantile=c.top_entropy_quantile, off_policy_mask_threshold=c.off_policy_mask_threshold,
-            entropy_coef=c.entropy_coef, max_completion_length=c.max_completion_length,
-            sapo_temperature_pos=c.sapo_temperature_pos, sapo_temperature_neg=c.sapo_temperature_neg,
-            vespo_k_pos=c.vespo_k_pos, vespo_lambda_pos=c.vespo_lambda_pos, vespo_k_neg=c.vespo_k_neg,
-            vespo_lambda_neg=c.vespo_lambda_neg)
+        # every loss knob is the config field of the same name
+        self.settings = GRPOLossSettings(**{f.name: getattr(c, f.name) for f in dataclasses.fields(GRPOLossSettings)})
         self.buffer: _Rollout | None = None
         self._resumed = resumed
         self._sums: dict[str, float] = {}

@@ -80,7 +80,7 @@ def _prompt_length(tmp: Path) -> None:
 
 @probe("temperature", "top_p", "top_k", "repetition_penalty", "prefill_chunk_size", "max_prefill_batch_size",
        "max_decode_batch_size")
-def _sampling(tmp: Path, monkeypatch_target=grpo_module) -> None:
+def _sampling(tmp: Path) -> None:
     seen = {}
     original = grpo_module.generate
 
@@ -156,7 +156,7 @@ def _rollout_files(tmp: Path) -> None:
 
 
 @probe("log_completions", "num_completions_to_print")
-def _log_completions(tmp: Path, capsys=None) -> None:
+def _log_completions(tmp: Path) -> None:
     import contextlib
     import io
 

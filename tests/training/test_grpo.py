@@ -13,6 +13,7 @@ import torch
 from datasets import Dataset
 
 from checkpoints import random_state_dict, tiny_config
+from processes import run_on_one_and_two_processes
 from rwkvtune import AutoModel
 from rwkvtune.model import RWKV7
 from rwkvtune.peft import LoraConfig
@@ -243,18 +244,7 @@ GRPOTrainer(model(), length_reward, config, train_dataset=prompts()).train()
 
 
 def test_two_process_ddp_equals_one_process(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    script = tmp_path / "ddp_grpo.py"
-    script.write_text(DDP_RUN)
-    tests_dir = Path(__file__).parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests_dir.parent), str(tests_dir)])}
-    for devices in (1, 2):
-        proc = subprocess.run([sys.executable, str(script), str(tmp_path / f"d{devices}"), str(devices),
-                               str(tests_dir)], capture_output=True, text=True, env=env, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    run_on_one_and_two_processes(tmp_path, DDP_RUN)
     one, two = records(tmp_path / "d1" / "metrics.jsonl"), records(tmp_path / "d2" / "metrics.jsonl")
     for key in ("loss", "reward", "reward_std", "completions/mean_length"):
         assert [r[key] for r in one] == pytest.approx([r[key] for r in two], abs=1e-5), key

@@ -16,6 +16,7 @@ import torch
 from datasets import Dataset
 
 from checkpoints import random_state_dict, tiny_config
+from processes import run_on_one_and_two_processes
 from rwkv_oracle import load_reference, reference_sequence
 from rwkvtune import AutoModel, AutoTokenizer
 from rwkvtune.hub import load_weights
@@ -256,14 +257,7 @@ DDP_RUN = textwrap.dedent("""
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_two_process_ddp_on_cpu_equals_one_process(tmp_path, method):
-    script = tmp_path / "ddp_run.py"
-    script.write_text(DDP_RUN)
-    tests_dir = Path(__file__).parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests_dir.parent), str(tests_dir)])}
-    for devices in (1, 2):
-        proc = subprocess.run([sys.executable, str(script), str(tmp_path / f"d{devices}"), str(devices),
-                               str(tests_dir), method], capture_output=True, text=True, env=env, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    run_on_one_and_two_processes(tmp_path, DDP_RUN, method)
     one, two = metrics(tmp_path / "d1"), metrics(tmp_path / "d2")
     assert [m["loss"] for m in one] == pytest.approx([m["loss"] for m in two], abs=1e-5)
     if method == "lora":  # rank 0 saved the adapter; both runs trained the same one
