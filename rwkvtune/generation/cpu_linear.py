@@ -24,7 +24,12 @@ kernel, so a new ``[B, 65536]`` fp32 logits tensor (B > 128) is page-faulted whi
 every step (the L4-C256 head at B = 256: 155 ms vs 125 ms into a reused buffer).
 
 Only plain ``nn.Linear`` layers without bias or hooks on the CPU take these paths; anything else (a
-LoRA-wrapped layer, a CUDA tensor, a layer with forward hooks) is called as a module.
+LoRA-wrapped layer, a layer with forward hooks) is called as a module.
+
+The one entry point is :func:`decode_layouts`: a decoder hands it its layers and gets a
+:class:`CpuLayouts` (``None`` off the CPU, where none of this applies), whose ``linears_for`` gives the
+layers in the chosen form for a batch. Decisions are kept by a :class:`FormChooser`, passed in by whoever
+makes decoders; without one, the process-wide chooser of this module.
 """
 
 from __future__ import annotations
@@ -112,6 +117,59 @@ class FormChooser:
                     break
         chosen = self._chosen[key] = min(forms, key=best.__getitem__)
         return chosen
+
+
+#: Decisions of the decoders that are given no chooser: one per process, so that repeated generations take
+#: the same path (and give the same numbers) without timing again.
+_PROCESS_CHOOSER = FormChooser()
+
+
+def decode_layouts(head: nn.Module, layers: Sequence[nn.Module], model_key: Hashable,
+                   chooser: FormChooser | None = None) -> CpuLayouts | None:
+    """The CPU layout choice for a decoder that calls ``head`` and ``layers`` (every linear layer of its
+    step), or ``None`` when the head's weight is not on the CPU (call every layer as its module there).
+
+    ``model_key`` names the model's shape (layers, widths, vocabulary); a decision is kept per shape,
+    dtype, row bucket and thread count in ``chooser`` (default: this module's process-wide one).
+    """
+    if head.weight.device.type != "cpu":
+        return None
+    return CpuLayouts(head, layers, model_key, _PROCESS_CHOOSER if chooser is None else chooser)
+
+
+class CpuLayouts:
+    """Which :class:`Form` one decoder's plain linear layers take, per number of rows, and those layers in
+    it: timed on whole decode steps the first time a row bucket is seen (per chooser), one form's weight
+    copies at a time."""
+
+    def __init__(self, head: nn.Module, layers: Sequence[nn.Module], model_key: Hashable, chooser: FormChooser):
+        # What the fastest form depends on: the shapes, dtype and device of the weights, and which of the
+        # layers are plain (a LoRA-wrapped layer is called as a module in every form).
+        called = [head, *layers]
+        plain = [is_plain_linear(layer) for layer in called]
+        weight = head.weight
+        self.plain_weight_bytes = sum(layer.weight.nbytes for layer, ok in zip(called, plain) if ok)
+        self._dtype, self._device = weight.dtype, weight.device
+        self._key = (model_key, weight.dtype, weight.device.type, tuple(plain))
+        self._chooser = chooser
+        self.linears: DecodeLinears | None = None  # the current form's layers (and weight copies)
+
+    def linears_for(self, rows: int, trial: Callable[[DecodeLinears], object]) -> DecodeLinears:
+        """The layers in the fastest form for ``rows`` rows; ``trial(linears)`` runs one whole decode step
+        in ``linears`` (on a scratch state) and is called only while a new row bucket is timed."""
+        forms = candidate_forms(self._dtype, self._device, rows, self.plain_weight_bytes)
+        key = (self._key, 1 << (rows - 1).bit_length(), torch.get_num_threads())
+        form = forms[0] if len(forms) == 1 else self._chooser.get(key)
+        if form is None:
+            form = self._chooser.choose(key, forms, lambda f: trial(self._in_form(f)))
+        return self._in_form(form)
+
+    def _in_form(self, form: Form) -> DecodeLinears:
+        """The layers in ``form``; another form's weight copies are dropped first (one set at a time)."""
+        if self.linears is None or self.linears.form is not form:
+            self.linears = None
+            self.linears = DecodeLinears(form)
+        return self.linears
 
 
 class DecodeLinears:

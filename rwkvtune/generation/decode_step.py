@@ -4,8 +4,9 @@
 the WKV7 operator and stacks a fresh copy of every layer's state. During decoding the engine owns the
 state, so :class:`RWKV7Decoder` updates it in place instead, works on ``[B, C]`` rows, and folds the
 WKV read-out into the state update (below). The math is the model's (spec section 2, ``T = 1``); a test
-checks it against ``RWKV7.step``. Plain linear layers use the CPU layouts of ``cpu_linear`` (the fastest
-timed on whole steps, per row bucket); other (wrapped, e.g. LoRA) layers are called as modules. Per-token
+checks it against ``RWKV7.step``. This module holds only that math: on the CPU the plain linear layers
+take the weight layouts that ``cpu_linear.decode_layouts`` picks (the fastest timed on whole steps, per row
+bucket); on other devices, and for wrapped (e.g. LoRA) layers, they are called as modules. Per-token
 Python and dispatch overhead is a large part of a small model's step, so the r/k/v projections run as one
 batched product where they can, the four low-rank MLPs as two batched products on zero-padded stacks
 of their weights (made once per decoder), and the norms as direct ATen calls.
@@ -21,13 +22,13 @@ into the stacked state.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from rwkvtune.generation.cpu_linear import DecodeLinears, Form, FormChooser, candidate_forms, is_plain_linear
+from rwkvtune.generation.cpu_linear import CpuLayouts, DecodeLinears, FormChooser, decode_layouts
 from rwkvtune.model import RWKV7, RWKVState, base_model_of
 
 #: ``log(decay) = -exp(-0.5) * sigmoid(w)`` (spec 2.3 step 5), as in the model.
@@ -36,11 +37,11 @@ _KEY_NORM_EPS = 1e-12
 
 StepFn = Callable[[torch.Tensor, RWKVState], tuple[torch.Tensor, RWKVState]]
 
-_CHOOSER = FormChooser()
 
-
-def make_step_fn(model: nn.Module) -> StepFn:
+def make_step_fn(model: nn.Module, chooser: FormChooser | None = None) -> StepFn:
     """The fastest correct step for ``model``: :class:`RWKV7Decoder` for an ``RWKV7``, else ``model.step``.
+
+    ``chooser`` keeps the CPU weight-layout decisions (``cpu_linear``; default: its process-wide one).
 
     A wrapper with ``get_base_model()`` (HF peft's ``PeftModel``, a ``StateTunedModel``) is looked through:
     its base is the ``RWKV7`` with the adapter layers put in place, so the decoder runs them as modules (a
@@ -54,7 +55,7 @@ def make_step_fn(model: nn.Module) -> StepFn:
                          "adds virtual tokens in PeftModel.forward); use LoRA-style adapters")
     base = base_model_of(model)
     if isinstance(base, RWKV7):
-        return RWKV7Decoder(base)
+        return RWKV7Decoder(base, chooser)
     return model.step
 
 
@@ -102,57 +103,73 @@ class _TimeMixConstants:
             )
 
 
+class ModuleLinears:
+    """Every linear layer called as its module: the decoder's layers off the CPU (CUDA), where the CPU
+    layout choice does not apply. Same methods as ``cpu_linear.DecodeLinears``."""
+
+    @staticmethod
+    def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``layer(x)``: ``[B, in]`` -> ``[B, out]``."""
+        return layer(x)
+
+    @staticmethod
+    def stacked(layers: Sequence[nn.Module], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``layers[i](x[i])`` for ``x`` ``[n, B, in]`` -> ``n`` tensors ``[B, out]``."""
+        return tuple(layer(rows) for layer, rows in zip(layers, x))
+
+    @staticmethod
+    def head(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The LM head ``layer(x)``: ``[B, C]`` -> ``[B, V]``."""
+        return layer(x)
+
+
+Linears = DecodeLinears | ModuleLinears
+_MODULE_LINEARS = ModuleLinears()
+
+
 class RWKV7Decoder:
     """Single-token decoding of an ``RWKV7`` that updates the given state in place.
 
-    Call under ``torch.no_grad()``, with weights that do not change while it lives: it may keep copies
-    of them in a faster layout (``cpu_linear``), so make a new decoder for each generation. The returned
-    logits live in a buffer that the next call overwrites.
+    Call under ``torch.no_grad()``, with weights that do not change while it lives: on the CPU it may keep
+    copies of them in a faster layout (``cpu_linear``), so make a new decoder for each generation. The
+    returned logits may live in a buffer that the next call overwrites.
+
+    Args:
+        model: the model (its layers are read at every step; LoRA-wrapped layers run as modules).
+        chooser: keeps the CPU layout decisions (default: ``cpu_linear``'s process-wide one); unused off the CPU.
     """
 
     def __init__(self, model: RWKV7, chooser: FormChooser | None = None):
         self.model = model
         config = model.config
         self.n_head, self.head_size = config.n_head, config.head_size
-        self._chooser = chooser if chooser is not None else _CHOOSER
-        # What the fastest form depends on: the shapes, dtype and device of the weights, and which of the
-        # layers the decoder calls are plain (a LoRA-wrapped layer is called as a module in every form).
-        called = [model.head] + [layer for block in model.blocks for layer in (
+        called = [layer for block in model.blocks for layer in (
             block.att.receptance, block.att.key, block.att.value, block.att.output, block.ffn.key, block.ffn.value)]
-        plain = [is_plain_linear(layer) for layer in called]
-        self._plain_weight_bytes = sum(layer.weight.nbytes for layer, ok in zip(called, plain) if ok)
-        self._shape_key = (type(model).__name__, config.n_layer, config.n_embd, config.dim_ffn,
-                           config.vocab_size, model.head.weight.dtype, model.head.weight.device.type, tuple(plain))
-        self._linears: DecodeLinears | None = None
+        model_key = (type(model).__name__, config.n_layer, config.n_embd, config.dim_ffn, config.vocab_size)
+        #: The CPU layout choice, or ``None`` off the CPU (every layer called as its module).
+        self.layouts: CpuLayouts | None = decode_layouts(model.head, called, model_key, chooser)
         self._time_mix_constants: dict[int, _TimeMixConstants] = {}
         self._norms: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}
 
     def __call__(self, token_ids: torch.Tensor, state: RWKVState) -> tuple[torch.Tensor, RWKVState]:
         """``token_ids`` ``[B]`` -> ``(logits [B, V], state)``; ``state`` (``[L, B, ...]``) is updated in place."""
-        return self._step(token_ids, state, self._linears_for(token_ids, state))
+        if self.layouts is None:
+            return self._step(token_ids, state, _MODULE_LINEARS)
+        return self._step(token_ids, state, self.layouts.linears_for(token_ids.shape[0], self._trial(token_ids, state)))
 
-    def _linears_for(self, token_ids: torch.Tensor, state: RWKVState) -> DecodeLinears:
-        """The layers in the fastest form for this many rows: timed on whole steps of a scratch state the
-        first time a row bucket is seen in the process (the losing forms' weight copies are dropped)."""
-        weight = self.model.head.weight
-        rows = token_ids.shape[0]
-        forms = candidate_forms(weight.dtype, weight.device, rows, self._plain_weight_bytes)
-        key = (self._shape_key, 1 << (rows - 1).bit_length(), torch.get_num_threads())
-        form = forms[0] if len(forms) == 1 else self._chooser.get(key)
-        if form is None:
-            scratch = state.clone()
-            form = self._chooser.choose(key, forms, lambda f: self._step(token_ids, scratch, self._in_form(f)))
-        return self._in_form(form)
+    def _trial(self, token_ids: torch.Tensor, state: RWKVState) -> Callable[[DecodeLinears], object]:
+        """A whole step in given linears on a copy of ``state`` (made at the first call, which the layout
+        choice does not time): what ``CpuLayouts`` times when it meets a new row bucket."""
+        scratch: list[RWKVState] = []
 
-    def _in_form(self, form: Form) -> DecodeLinears:
-        """The layers in ``form``; another form's weight copies are dropped first (one set at a time)."""
-        if self._linears is None or self._linears.form is not form:
-            self._linears = None
-            self._linears = DecodeLinears(form)
-        return self._linears
+        def run(linears: DecodeLinears) -> object:
+            if not scratch:
+                scratch.append(state.clone())
+            return self._step(token_ids, scratch[0], linears)
 
-    def _step(self, token_ids: torch.Tensor, state: RWKVState,
-              linears: DecodeLinears) -> tuple[torch.Tensor, RWKVState]:
+        return run
+
+    def _step(self, token_ids: torch.Tensor, state: RWKVState, linears: Linears) -> tuple[torch.Tensor, RWKVState]:
         model = self.model
         x = model.emb(token_ids)  # [B, C]
         v_first = None
@@ -165,7 +182,7 @@ class RWKV7Decoder:
         return linears.head(model.head, self._norm(model.ln_out)(x)), state
 
     def _time_mix(self, att: nn.Module, x: torch.Tensor, state: RWKVState, layer: int,
-                  v_first: torch.Tensor | None, linears: DecodeLinears) -> tuple[torch.Tensor, torch.Tensor]:
+                  v_first: torch.Tensor | None, linears: Linears) -> tuple[torch.Tensor, torch.Tensor]:
         """x: ``[B, C]`` (LN1 output) -> ``(out [B, C], v_first [B, C])``; updates the layer's state."""
         batch, c = x.shape
         h, n = self.n_head, self.head_size
@@ -237,7 +254,7 @@ class RWKV7Decoder:
         return constants
 
     @staticmethod
-    def _channel_mix(ffn: nn.Module, x: torch.Tensor, shift: torch.Tensor, linears: DecodeLinears) -> torch.Tensor:
+    def _channel_mix(ffn: nn.Module, x: torch.Tensor, shift: torch.Tensor, linears: Linears) -> torch.Tensor:
         """x: ``[B, C]`` (LN2 output) -> ``[B, C]``; ``shift`` ``[B, C]`` is updated in place."""
         delta = shift - x
         shift.copy_(x)

@@ -67,7 +67,7 @@ def test_decoder_equals_model_step(dtype, vocab, batch, form):
     decoder = RWKV7Decoder(model, chooser)
     assert make_step_fn(model).__class__ is RWKV7Decoder
     assert_decoder_equals_model_step(model, decoder, batch, tol)
-    expected_forms = candidate_forms(dtype, torch.device("cpu"), batch, decoder._plain_weight_bytes)
+    expected_forms = candidate_forms(dtype, torch.device("cpu"), batch, decoder.layouts.plain_weight_bytes)
     assert [forms for _, forms in chooser.chosen] == ([expected_forms] if len(expected_forms) > 1 else [])
 
 
@@ -81,7 +81,7 @@ def test_decoder_tunes_on_a_scratch_state_once_per_row_bucket():
     now = [0.0]
 
     def clock():  # each reading advances by the cost of the form the newest decoder holds
-        linears = decoders[-1]._linears
+        linears = decoders[-1].layouts.linears
         now[0] += costs[linears.form] if linears is not None else 0.0
         return now[0]
 
@@ -97,7 +97,7 @@ def test_decoder_tunes_on_a_scratch_state_once_per_row_bucket():
     for rows in (3, 4, 1):
         decoders.append(RWKV7Decoder(model, chooser))
         assert_decoder_equals_model_step(model, decoders[-1], rows, 2e-5)
-        assert decoders[-1]._linears.form is Form.TRANSPOSED and decoders[-1]._linears._copies
+        assert decoders[-1].layouts.linears.form is Form.TRANSPOSED and decoders[-1].layouts.linears._copies
     buckets = [key[1] for key, _ in timed]
     assert buckets == [4, 1]  # 3 rows -> bucket 4, timed at the first step; 4 rows: the same bucket
     assert timed[0][1] == [Form.PLAIN, Form.TRANSPOSED, Form.GROUPED]

@@ -9,7 +9,7 @@ import torch
 
 from generation_fakes import NO_STOP, StepCounter, random_prompts
 from rwkv_oracle import load_reference
-from rwkvtune.generation import GenerationEngine, SamplingParams, decode_step, generate, pad_completions
+from rwkvtune.generation import GenerationEngine, SamplingParams, cpu_linear, generate, pad_completions
 from rwkvtune.generation.cpu_linear import Form
 
 LENGTHS = (7, 1, 19, 4, 19)  # different lengths, one single-token prompt, two of equal length
@@ -125,7 +125,7 @@ class AlwaysTransposed:
 def test_an_engine_sees_weights_changed_between_calls(tiny_model, monkeypatch):
     """With transposed copies of the weights (they last one call), a change that does not bump the
     version counter (``.data``, as fused AdamW writes) must show in the next call."""
-    monkeypatch.setattr(decode_step, "_CHOOSER", AlwaysTransposed())
+    monkeypatch.setattr(cpu_linear, "_PROCESS_CHOOSER", AlwaysTransposed())
     model = copy.deepcopy(tiny_model)
     engine = GenerationEngine(model)
     params = SamplingParams(temperature=0, max_new_tokens=6, **NO_STOP)
