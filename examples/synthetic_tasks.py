@@ -55,9 +55,9 @@ def make_prompts(n: int, seed: int = 1) -> list[dict]:
 
 
 def exact_answer(completions, answer, **kwargs) -> list[float]:
-    """1 when the reply is exactly the answer, 0.2 when it contains it, else 0 (a verifiable reward)."""
+    """1 when the reply is exactly the answer, else 0 (a verifiable reward)."""
     rewards = []
     for completion, expected in zip(completions, answer):
         text = (completion[0]["content"] if isinstance(completion, list) else completion).strip()
-        rewards.append(1.0 if text == expected else 0.2 if expected in text else 0.0)
+        rewards.append(1.0 if text == expected else 0.0)
     return rewards
