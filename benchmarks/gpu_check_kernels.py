@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from gpu_check_plan import Plan, Record, Skipped, sync, timed
+from roofline import matmul_rate
 
 from rwkvtune.ops import wkv7
 from rwkvtune.ops.fla import fla_unavailable_reason, wkv7_fla
@@ -58,10 +59,7 @@ def env(plan: Plan, record: Record) -> None:
         record.set("fla_unavailable", fla_unavailable_reason(probe))
         record.line(f"fla: {record.data['fla_unavailable'] or 'available'}")
     size = 8192 if plan.device.type == "cuda" else 512
-    a = torch.randn(size, size, device=plan.device, dtype=torch.bfloat16)
-    b = torch.randn(size, size, device=plan.device, dtype=torch.bfloat16)
-    seconds = timed(plan.device, lambda: a @ b, repeats=10)
-    rate = 2 * size**3 / seconds
+    rate = matmul_rate(torch.bfloat16, size, repeats=10, device=plan.device)
     record.set("bf16_matmul_flops", rate)
     record.line(f"bf16 {size}^3 matmul: {rate / 1e12:.1f} TFLOP/s (best of 10; the MFU denominator)")
 

@@ -9,15 +9,25 @@ import torch
 from rwkvtune.config import RWKV7Config
 
 
-def matmul_rate(dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` FLOP/s of a square ``size`` matmul in ``dtype`` (current thread count)."""
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
+def matmul_rate(dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 5,
+                device: torch.device | str = "cpu") -> float:
+    """Best-of-``repeats`` FLOP/s of a square ``size`` matmul in ``dtype`` on ``device`` (on the CPU: at the
+    current thread count; on CUDA each product is timed to its end, not its launch)."""
+    device = torch.device(device)
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     a @ b
     best = float("inf")
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
 
