@@ -9,6 +9,7 @@ tokens/s x 2 x (matmul weights per token) / the FLOP/s of a 2048^2 fp32 matmul m
 
     python benchmarks/bench_generation.py                     # L4-C256-V65536 and rwkv7-0.1b, fp32 and bf16
     python benchmarks/bench_generation.py --shapes L4-C256 --batches 1,8 --steps 8
+    python benchmarks/bench_generation.py --unseeded                # timed weight layouts, not the pinned one
 """
 
 from __future__ import annotations
@@ -64,13 +65,14 @@ class SamplerClock:
             session_module.sample_next = original
 
 
-def decode_rate(model, batch: int, steps: int, warmup: int) -> tuple[float, float, float]:
+def decode_rate(model, batch: int, steps: int, warmup: int, seed: int | None = 0) -> tuple[float, float, float]:
     """``(tokens/s, sampler share, ms per step)`` of ``steps`` decode steps with ``batch`` live rows, from the
-    median step time (the sampler share over all steps)."""
+    median step time (the sampler share over all steps). Seeded (as GRPO samples), the decoder takes the
+    pinned weight layout; with ``seed=None`` the fastest one it times."""
     vocab = model.config.vocab_size
     prompts = torch.randint(1, vocab, (batch, 8), generator=torch.Generator().manual_seed(batch)).tolist()
     params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=warmup + steps + 1, stop=(),
-                            stop_token_ids=(), seed=0)
+                            stop_token_ids=(), seed=seed)
     clock = SamplerClock()
     with inference(model), clock.installed():
         session = next(GenerationEngine(model).sessions(prompts, params))
@@ -108,12 +110,13 @@ def runtime_rate(model, steps: int, warmup: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def single_sequence_rates(model, runtime, steps: int, warmup: int, rounds: int) -> tuple[float, float]:
+def single_sequence_rates(model, runtime, steps: int, warmup: int, rounds: int,
+                          seed: int | None = 0) -> tuple[float, float]:
     """Median tokens/s of ours and of the runtime over ``rounds`` alternating rounds: on a shared machine
     a neighbour's load then falls on both sides alike."""
     ours, theirs = [], []
     for _ in range(rounds):
-        ours.append(decode_rate(model, 1, steps, warmup)[0])
+        ours.append(decode_rate(model, 1, steps, warmup, seed)[0])
         theirs.append(runtime_rate(runtime, steps, warmup))
     return statistics.median(ours), statistics.median(theirs)
 
@@ -129,8 +132,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-runtime", action="store_true", help="skip the rwkv runtime baseline")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of the single-sequence comparison")
+    parser.add_argument("--unseeded", action="store_true",
+                        help="sample without a seed: the decoder times its weight layouts (seeded: the pinned one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    seed = None if args.unseeded else 0
     torch.manual_seed(0)
     batches = [int(b) for b in args.batches.split(",")]
     rate = matmul_rate()
@@ -152,7 +158,7 @@ def main() -> None:
             for name in args.dtypes.split(","):
                 model = base.to(DTYPES[name])
                 for batch in batches:
-                    tokens, share, ms = decode_rate(model, batch, steps, args.warmup)
+                    tokens, share, ms = decode_rate(model, batch, steps, args.warmup, seed)
                     print(f"| {name} | {batch} | {tokens:,.1f} | {ms:.1f} | {share:.1%} |", flush=True)
                     if batch == 64:
                         achieved = tokens * 2 * weights
@@ -161,7 +167,8 @@ def main() -> None:
                 if not args.no_runtime and 1 in batches:
                     model.save_pretrained(Path(tmp) / name)
                     runtime = load_runtime(Path(tmp) / name / "model", f"cpu {name}")
-                    ours_single, theirs = single_sequence_rates(model, runtime, steps * 2, args.warmup, args.rounds)
+                    ours_single, theirs = single_sequence_rates(model, runtime, steps * 2, args.warmup, args.rounds,
+                                                                seed)
                     runtime_rows.append(f"| {shape} | {name} | {theirs:,.1f} | {ours_single:,.1f} | "
                                         f"{ours_single / theirs:.2f}x |")
             base = base.float()

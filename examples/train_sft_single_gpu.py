@@ -1,4 +1,5 @@
-"""Supervised fine-tuning on one device (GPU if present, else CPU), configured by environment variables.
+"""Supervised fine-tuning on one device (GPU if present, else CPU) or several (DEVICES, NUM_NODES), configured by
+environment variables.
 
     MODEL_PATH=models/rwkv7-0.1b DATA_PATH=data/sft.jsonl python examples/train_sft_single_gpu.py
 
@@ -6,7 +7,9 @@ Variables (defaults in brackets): MODEL_PATH [a new tiny RWKV-7, L2-C128], DATA_
 synthetic_tasks.py; a .jsonl/.json file with messages, prompt+completion, text or input_ids rows],
 CTX_LEN [512], MICRO_BSZ [4], EPOCH_COUNT [1], EPOCH_STEPS [none], LR_INIT [1e-4], LR_FINAL [1e-5],
 WARMUP_STEPS [10], ACCUMULATE_GRAD_BATCHES [1], GRAD_CP [1], PRECISION [bf16 on GPU, fp32 on CPU],
-DEVICES [1], SAVE_EVERY_N_BATCHES [0], OUTPUT_DIR [output_sft], REPORT_TO [none],
+DEVICES [1; processes per machine], NUM_NODES [1; machines, see run_sft_multi_node.sh], STRATEGY [auto; ddp,
+fsdp, deepspeed_stage_2, ...], SAVE_EVERY_N_BATCHES [0], OUTPUT_DIR [output_sft], REPORT_TO [none], RESUME [none;
+latest, or a checkpoint directory],
 LORA_R [0 = full fine-tuning; > 0 trains a LoRA adapter of this rank], LORA_ALPHA [2 x LORA_R],
 TRAIN_PARTS [none; e.g. ln,time: tensors trained full-rank beside LoRA].
 
@@ -51,6 +54,8 @@ def main() -> None:
         grad_cp=env("GRAD_CP", 1, int),
         precision=env("PRECISION", "bf16" if torch.cuda.is_available() else "fp32"),
         devices=env("DEVICES", 1, int),
+        num_nodes=env("NUM_NODES", 1, int),
+        strategy=env("STRATEGY", "auto"),
         save_every_n_batches=env("SAVE_EVERY_N_BATCHES", 0, int),
         report_to=env("REPORT_TO", ""),
         output_dir=output_dir,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,32 @@ def test_training_example_runs_and_saves_a_final_model(tmp_path, script):
     assert "'step': 2" in result.stdout
     assert (tmp_path / "out" / "final" / "model.pth").is_file()
     assert (tmp_path / "tiny-rwkv7-base" / "config.json").is_file()  # MODEL_PATH unset: a tiny model was made
+
+
+def test_multi_node_example_on_two_loopback_machines(tmp_path):
+    from rwkvtune import AutoModel
+    from rwkvtune.config import RWKV7Config
+    from rwkvtune.tokenizer import WorldTokenizer
+
+    hub = tmp_path / "hub"
+    AutoModel.from_config(RWKV7Config(n_layer=2, n_embd=128), ctx_len=64).save_pretrained(
+        hub, tokenizer=WorldTokenizer.default())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OUTPUT_DIR": str(tmp_path / "out"), "EPOCH_STEPS": "2", "MICRO_BSZ": "2", "CTX_LEN": "64",
+           "GRAD_CP": "0", "OMP_NUM_THREADS": "1", "MODEL_PATH": str(hub), "NNODES": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    nodes = [subprocess.Popen(["bash", str(EXAMPLES / "run_sft_multi_node.sh")], env={**env, "NODE_RANK": str(rank)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    for node, (out, err) in zip(nodes, outputs):
+        assert node.returncode == 0, err[-3000:]
+    assert "'step': 2" in outputs[0][0] and (tmp_path / "out" / "final" / "model.pth").is_file()
+    missing = subprocess.run(["bash", str(EXAMPLES / "run_sft_multi_node.sh")], capture_output=True, text=True,
+                             env={k: v for k, v in env.items() if k != "MASTER_ADDR"} | {"NODE_RANK": "0"})
+    assert missing.returncode != 0 and "set MASTER_ADDR, the address of node 0" in missing.stderr
 
 
 def test_sft_example_with_lora_then_merge(tmp_path):

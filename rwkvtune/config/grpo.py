@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rwkvtune.config.train import LoopConfig, _booleans, _choice, _help, _integers
+from rwkvtune.config.train import STRATEGIES, LoopConfig, _booleans, _choice, _help, _integers
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
 SCALE_REWARDS = ("group", "batch", "none")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 #: The rollout runs the model's own weights: strategies that shard them (DeepSpeed, FSDP) cannot sample.
-GRPO_STRATEGIES = ("auto", "ddp", "ddp_spawn", "single_device")
+GRPO_STRATEGIES = ("auto", "ddp", "single_device")
 
 
 @dataclass
@@ -146,7 +146,7 @@ class GRPOConfig(LoopConfig):
             elif self.top_entropy_quantile < 1 and size < self.completions_per_micro_batch:
                 problems.append("top_entropy_quantile < 1 needs the whole micro-batch in one forward (its "
                                 "threshold is over all of the micro-batch's tokens); leave logprob_batch_size unset")
-        if self.strategy not in GRPO_STRATEGIES:
+        if self.strategy in STRATEGIES and self.strategy not in GRPO_STRATEGIES:
             problems.append(f"GRPO runs on one device or under DDP (strategy 'auto' or 'ddp'), not {self.strategy!r}: "
                             "its rollouts run the model's own weights, which sharded strategies split")
         return problems

@@ -15,9 +15,15 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 LR_SCHEDULES = ("cosine", "linear", "constant")
 TRAIN_TYPES = ("normal", "infctx")
 REPORT_TO = ("tensorboard", "wandb", "swanlab")
-#: Strategies passed to Lightning Fabric as they are; the DeepSpeed ones need the extra.
-STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3",
+#: Strategies the trainers run (``engine.fabric.make_strategy``); the DeepSpeed ones need the extra.
+STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3",
               "deepspeed_stage_2_offload", "deepspeed_stage_3_offload", "single_device")
+#: Fabric strategies users may know that the trainers do not run, and what to use instead.
+REFUSED_STRATEGIES = {
+    "ddp_spawn": "it starts the processes by pickling the trainer (reward functions, datasets) into fresh "
+                 "interpreters and trains copies, leaving the model you passed untrained; use strategy='ddp' "
+                 "(Fabric starts one process per device by running your script again) or launch with torchrun",
+}
 
 
 def _help(text: str, default: Any, **kwargs: Any) -> Any:
@@ -57,7 +63,10 @@ class LoopConfig:
     accelerator: str = _help("auto, cpu or cuda.", "auto")
     devices: int = _help("Devices (GPUs, or CPU processes) per node.", 1)
     num_nodes: int = _help("Machines taking part.", 1)
-    strategy: str = _help("Lightning Fabric strategy: auto, ddp, deepspeed_stage_2, deepspeed_stage_3, ...", "auto")
+    strategy: str = _help("auto (one process, or DDP for several), ddp, fsdp (PyTorch FSDP2), "
+                          "single_device, deepspeed_stage_1/2/3 (and _offload variants of 2 and 3).", "auto")
+    ddp_timeout: int = _help("Seconds a process waits in a collective (gradient sync, barrier) for the others before "
+                             "it stops with an error naming the last checkpoint.", 1800)
 
     # Output, checkpoints, logging
     output_dir: str = _help("Where checkpoints, logs and the final model go.", "output")
@@ -93,7 +102,7 @@ class LoopConfig:
     def _problems(self) -> list[str]:
         problems = []
         problems += _integers(self, ("micro_bsz", "accumulate_grad_batches", "epoch_count", "devices", "num_nodes",
-                                     "logging_steps"), minimum=1)
+                                     "logging_steps", "ddp_timeout"), minimum=1)
         problems += _integers(self, ("warmup_steps", "save_every_n_batches", "save_total_limit", "epoch_save",
                                      "grad_cp"), minimum=0)
         for name in ("epoch_steps", "max_steps"):
@@ -110,10 +119,20 @@ class LoopConfig:
         problems += _choice("precision", self.precision, PRECISIONS)
         problems += _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         problems += _choice("accelerator", self.accelerator, ("auto", "cpu", "cuda", "gpu"))
-        problems += _choice("strategy", self.strategy, STRATEGIES)
+        if self.strategy in REFUSED_STRATEGIES:
+            problems.append(f"strategy={self.strategy!r} is not supported: {REFUSED_STRATEGIES[self.strategy]}")
+        else:
+            problems += _choice("strategy", self.strategy, STRATEGIES)
+        if self.strategy == "single_device" and isinstance(self.devices, int) and isinstance(self.num_nodes, int) \
+                and self.devices * self.num_nodes > 1:
+            problems.append(f"strategy='single_device' runs one process, but devices x num_nodes = "
+                            f"{self.devices * self.num_nodes}: use 'ddp' (or 'auto')")
         if self.strategy in STRATEGIES and self.strategy.startswith("deepspeed") and \
                 importlib.util.find_spec("deepspeed") is None:
             problems.append(f"strategy={self.strategy!r} needs DeepSpeed: pip install 'rwkvtune[deepspeed]'")
+        if self.strategy == "fsdp" and self.precision == "fp16":
+            problems.append("strategy='fsdp' runs precision='bf16' or 'fp32', not 'fp16' (Fabric's FSDP2 strategy has "
+                            "no fp16 mode with loss scaling); use bf16, or strategy='ddp' for fp16")
         for name in self.report_to_list:
             if name not in REPORT_TO:
                 problems.append(f"report_to has unknown backend {name!r}; choose from {', '.join(REPORT_TO)}")

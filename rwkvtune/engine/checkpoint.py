@@ -1,7 +1,9 @@
 """Training checkpoints: one directory per save, written under a temporary name and renamed.
 
 ``<output_dir>/batch{N}`` or ``epoch{N}`` holds ``state.pt`` (weights, optimizer, step, data position,
-RNG; written by Fabric so sharded strategies work), ``trainer_state.json`` (step, epoch, position: easy
+RNG; written by Fabric so sharded strategies work: one file on one process and under DDP, a directory
+of shards under FSDP -- one ``.distcp`` file per process, ``.metadata`` and ``meta.pt`` with the rest --
+and DeepSpeed's engine directory under DeepSpeed), ``trainer_state.json`` (step, epoch, position: easy
 to read) and ``train_config.json`` (the resolved config). A run that trains an adapter keeps only the
 trained tensors in ``state.pt`` (the frozen base is not copied into every checkpoint) and adds the
 adapter's own files. A crash mid-save leaves only a ``.tmp`` directory beside the last complete checkpoint.
@@ -63,7 +65,8 @@ def checkpoint_dirs(output_dir: Path) -> list[Path]:
 
 
 def resolve_resume(output_dir: Path, resume: str) -> Path:
-    """The checkpoint directory ``resume`` names (``"latest"``: the newest complete one)."""
+    """The checkpoint directory ``resume`` names (``"latest"``: the newest complete one). Its ``state.pt``
+    is a file, or a directory of shards (FSDP, DeepSpeed)."""
     if resume == "latest":
         found = checkpoint_dirs(output_dir)
         if not found:
@@ -71,8 +74,9 @@ def resolve_resume(output_dir: Path, resume: str) -> Path:
         return found[-1]
     path = Path(resume)
     if not (path / STATE_FILE).exists() or not (path / TRAINER_STATE_FILE).is_file():
-        raise FileNotFoundError(f"{path} is not a complete rwkvtune checkpoint (expected {STATE_FILE} and "
-                                f"{TRAINER_STATE_FILE}); pass a batch*/epoch* directory or 'latest'")
+        raise FileNotFoundError(f"{path} is not a complete rwkvtune checkpoint (expected {STATE_FILE}, a file or a "
+                                f"directory of shards, and {TRAINER_STATE_FILE}); pass a batch*/epoch* directory "
+                                "or 'latest'")
     return path
 
 
@@ -117,8 +121,17 @@ def save_checkpoint(fabric, output_dir: Path, name: str, *, model, optimizer, pr
 def load_checkpoint(fabric, path: Path, *, model, optimizer) -> TrainProgress:
     """Restore weights, optimizer and RNG from ``path``; returns where training stood.
 
-    A checkpoint with only the trained tensors must hold exactly the tensors ``model`` trains.
+    A checkpoint with only the trained tensors must hold exactly the tensors ``model`` trains. A checkpoint
+    resumes under the kind of strategy that wrote it: sharded (FSDP, DeepSpeed: ``state.pt`` is a directory)
+    or whole tensors (one process, DDP: one file).
     """
+    sharded = (path / STATE_FILE).is_dir()
+    if sharded == _holds_whole_tensors(fabric):
+        written = ("under a sharded strategy (FSDP or DeepSpeed: state.pt is a directory of shards)" if sharded
+                   else "on one process or under DDP (state.pt is one file)")
+        raise ValueError(f"{path} was saved {written} and cannot resume under strategy "
+                         f"{type(fabric.strategy).__name__}; resume with the strategy it was saved with (its "
+                         f"{CONFIG_FILE} names it)")
     if not _holds_whole_tensors(fabric):  # DeepSpeed and FSDP restore their own, possibly sharded, state
         rest = fabric.load(path / STATE_FILE, {"model": model, "optimizer": optimizer}, weights_only=True)
         set_rng_state(rest["rng"])

@@ -77,6 +77,9 @@ class Workload:
         normalise: ``(fabric, window batches) -> (backward scale, logged-loss divisor)``.
         tokens: tokens a batch fed the model (for tokens/s), read after its step ran.
         metrics: extra metrics averaged since the last log, merged into each log record.
+        before_update: called with the optimizer step's number (from 1) after a window's micro-steps and
+            before its optimizer step; it may raise to stop training before the update. It runs on every
+            process: one that raises must decide from values all processes agree on (all-reduced).
     """
 
     plan: Callable[[int, int, int], list[list[Any]]]
@@ -85,6 +88,7 @@ class Workload:
     normalise: Callable[[Any, list[dict[str, Any]]], tuple[float, float]] = token_normalisation
     tokens: Callable[[dict[str, Any]], int] = count_tokens
     metrics: Callable[[], dict[str, float]] | None = None
+    before_update: Callable[[int], None] | None = None
 
 
 def rows_workload(rows: Sequence[dict[str, Any]], config: LoopConfig, *, collate: Collate,
@@ -144,6 +148,11 @@ def fit(
             loss_since += loss
             windows_since += 1
             bar.update(1)
+            eval_loss = None
+            if evaluate is not None and eval_steps and progress.step % eval_steps == 0:
+                started = time.perf_counter()
+                eval_loss = evaluate()
+                time_since += time.perf_counter() - started  # tokens/s counts training time only
             if progress.step % config.logging_steps == 0 or progress.step == steps:
                 elapsed = time.perf_counter() - time_since
                 last = {"loss": loss_since / windows_since, "lr": optimizer.param_groups[0]["lr"]
@@ -151,13 +160,17 @@ def fit(
                         "tokens_per_s": tokens_since * world / max(elapsed, 1e-9)}
                 if workload.metrics is not None:
                     last.update(workload.metrics())
-                if evaluate is not None and eval_steps and progress.step % eval_steps == 0:
-                    last["eval_loss"] = evaluate()
+                if eval_loss is not None:
+                    last["eval_loss"] = eval_loss
                 bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}",
                                 tok_s=f"{last['tokens_per_s']:.0f}")
                 if metrics is not None and fabric.is_global_zero:
                     metrics.log(progress.step, last)
                 tokens_since, time_since, loss_since, windows_since = 0, time.perf_counter(), 0.0, 0
+            elif eval_loss is not None:  # an evaluation step that is not a logging step gets its own record
+                last["eval_loss"] = eval_loss
+                if metrics is not None and fabric.is_global_zero:
+                    metrics.log(progress.step, {"eval_loss": eval_loss, "epoch": progress.epoch})
             if config.save_every_n_batches and progress.step % config.save_every_n_batches == 0:
                 _save(fabric, output_dir, f"batch{progress.step}", model, optimizer, progress, config,
                       trainable_only=trainable_only, export=export)
@@ -204,6 +217,8 @@ def _train_window(fabric, model, optimizer, window: list[dict[str, Any]], config
         batch.update({key: value.to(fabric.device) for key, value in batch.items() if isinstance(value, torch.Tensor)})
         backprop = _WindowBackprop(fabric, model, scale, last_micro_batch=i == len(window) - 1)
         loss_sum += workload.micro_step(model, batch, backprop)
+    if workload.before_update is not None:
+        workload.before_update(step + 1)
     loss = fabric.all_reduce(loss_sum, reduce_op="sum").item() / divisor
     if not math.isfinite(loss):
         raise FloatingPointError(f"loss is {loss} at optimizer step {step + 1}: training stopped before the "

@@ -29,7 +29,9 @@ LoRA-wrapped layer, a layer with forward hooks) is called as a module.
 The one entry point is :func:`decode_layouts`: a decoder hands it its layers and gets a
 :class:`CpuLayouts` (``None`` off the CPU, where none of this applies), whose ``linears_for`` gives the
 layers in the chosen form for a batch. Decisions are kept by a :class:`FormChooser`, passed in by whoever
-makes decoders; without one, the process-wide chooser of this module.
+makes decoders; without one, the process-wide chooser of this module. Seeded generation passes
+:data:`PINNED_CHOOSER`, which times nothing and always takes the plain form: timing depends on the
+machine's load, and a different form rounds differently, so same-seed runs could sample different tokens.
 """
 
 from __future__ import annotations
@@ -87,8 +89,9 @@ class FormChooser:
     """Times the candidate forms of a decode step and keeps the fastest, once per key.
 
     ``key`` names the case (model shape, dtype, row bucket, threads); the decision is kept for the process,
-    so repeated generations take the same path and give the same numbers. Another process may time
-    another form faster, which changes logits only by float rounding.
+    so repeated generations take the same path and give the same numbers. Another process, or the same
+    one under another load, may time another form faster: the logits then differ by float rounding, which
+    can change sampled tokens. Seeded generation therefore takes :class:`PinnedChooser` instead.
     """
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter, trials: int = 3):
@@ -119,9 +122,26 @@ class FormChooser:
         return chosen
 
 
+class PinnedChooser(FormChooser):
+    """A chooser that times nothing: every case takes the plain form (``F.linear`` on the weights as they are).
+
+    For seeded generation, whose tokens must not depend on how busy the machine was when a form was
+    timed: the plain form depends on nothing measured, needs no weight copies, and is the form the decoder
+    takes anyway above ``_MAX_TUNED_ROWS`` rows, so the arithmetic does not change as rows finish.
+    """
+
+    def get(self, key: Hashable) -> Form:
+        return Form.PLAIN
+
+    def choose(self, key: Hashable, forms: Sequence[Form], run: Callable[[Form], object]) -> Form:
+        return Form.PLAIN
+
+
 #: Decisions of the decoders that are given no chooser: one per process, so that repeated generations take
 #: the same path (and give the same numbers) without timing again.
 _PROCESS_CHOOSER = FormChooser()
+#: The chooser of seeded generation (``GenerationEngine.sessions``): the same form in every process.
+PINNED_CHOOSER = PinnedChooser()
 
 
 def decode_layouts(head: nn.Module, layers: Sequence[nn.Module], model_key: Hashable,

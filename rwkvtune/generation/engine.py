@@ -6,7 +6,9 @@
 ``max_decode_batch_size`` splits the completions into waves that are decoded one after the other; a wave
 holds whole prompt groups when ``n`` fits, otherwise one prompt's samples in slices. Every completion has
 its own random stream (seeded from ``seed`` and its position in the output), so the output does not depend
-on how it was batched.
+on how it was batched (up to float rounding: the batched products of different batch sizes may round
+differently). Seeded generation decodes on the CPU with the plain weight layout (``cpu_linear.PINNED_CHOOSER``)
+rather than the fastest one timed, so that the same seed samples the same tokens whatever the machine's load.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rwkvtune.generation.cpu_linear import PINNED_CHOOSER
 from rwkvtune.generation.decode_step import make_step_fn
 from rwkvtune.generation.params import SamplingParams
 from rwkvtune.generation.prefill import prefill
@@ -126,7 +129,9 @@ class GenerationEngine:
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
         tokenizer = self.tokenizer if self.tokenizer is not None else default_tokenizer()
         # A decoder per call: it may keep copies of the weights, which training between calls changes.
-        step_fn = make_step_fn(self.model)
+        # Seeded sampling takes a weight layout that no timing picks, so that it samples the same under any load.
+        seeded = params.seed is not None or prompt_seeds is not None
+        step_fn = make_step_fn(self.model, PINNED_CHOOSER if seeded else None)
         prefilled: tuple[int, ...] = ()
         for wave in plan_waves(len(ids), params.n, self.max_decode_batch_size):
             if wave.prompts != prefilled:  # a prompt whose samples span several waves is prefilled once

@@ -5,7 +5,7 @@ A reward function is called with keyword arguments only::
     f(prompts=[...], completions=[...], completion_ids=[[...], ...], trainer_state=..., **dataset_columns)
 
 with one entry per completion in every list (each prompt repeated ``num_generations`` times), and returns
-one number per completion, or ``None`` where it does not apply (treated as missing, not as 0).
+one finite number per completion, or ``None`` (or NaN) where it does not apply (treated as missing, not as 0).
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def compute_rewards(funcs: Sequence[RewardFunc], names: Sequence[str], *, prompt
 
     Raises:
         RuntimeError: a function raised (the message names it and keeps the cause).
-        ValueError: a function returned the wrong number of values, or a value that is not a number.
+        ValueError: a function returned the wrong number of values, a value that is not a number, or an
+            infinite one.
     """
     n = len(completions)
     out = torch.empty(n, len(funcs), dtype=torch.float64)
@@ -71,4 +72,8 @@ def compute_rewards(funcs: Sequence[RewardFunc], names: Sequence[str], *, prompt
             else:
                 raise ValueError(f"reward function {name!r} returned {value!r} for completion {i}; rewards must "
                                  "be numbers or None")
+            if math.isinf(out[i, j]):
+                # an infinite reward turns its whole group's advantages into NaN, which train as 0
+                raise ValueError(f"reward function {name!r} returned {float(out[i, j])} for completion {i}; "
+                                 "rewards must be finite (None or NaN where the function does not apply)")
     return out

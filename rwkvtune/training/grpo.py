@@ -176,10 +176,13 @@ class _Rollouts:
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
         self._windows = 0
+        # completions trained on in the current window, and how many of them had a reward
+        self._window_rows = self._window_rewarded = 0
 
     def workload(self) -> Workload:
         return Workload(plan=self.plan, prepare=dict, micro_step=self.micro_step, normalise=self.normalise,
-                        tokens=lambda batch: batch.get("num_tokens", 0), metrics=self.metrics)
+                        tokens=lambda batch: batch.get("num_tokens", 0), metrics=self.metrics,
+                        before_update=self.before_update)
 
     # ---- plan ---------------------------------------------------------------------------------------
 
@@ -209,6 +212,22 @@ class _Rollouts:
         self._windows += 1
         return 1.0, float(fabric.world_size)
 
+    def before_update(self, step: int) -> None:
+        """Stop before optimizer step ``step`` when none of the completions it trained on, on any process, had
+        a reward from any function: their advantages are all 0 and the update would carry no reward signal.
+        Decided from counts summed over processes, so that every process raises alike."""
+        counts = torch.tensor([float(self._window_rewarded), float(self._window_rows)], device=self.fabric.device)
+        self._window_rows = self._window_rewarded = 0
+        rewarded, rows = (int(v) for v in self.fabric.all_reduce(counts, reduce_op="sum").tolist())
+        if rewarded == 0 and rows > 0:
+            names = ", ".join(repr(name) for name in self.trainer.reward_names)
+            raise ValueError(
+                f"no completion of optimizer step {step} had a reward: the reward function(s) {names} returned "
+                f"None or NaN for all {rows} completions it trained on"
+                f"{' (on every process)' if self.fabric.world_size > 1 else ''}, so every advantage is 0 and the "
+                "step would learn nothing from the rewards. Training stopped before the update. At least one "
+                "reward function must return a number for every completion (None only where another one scores it)")
+
     # ---- one micro-step -----------------------------------------------------------------------------
 
     def micro_step(self, model, batch: dict[str, Any], backprop: Backprop) -> torch.Tensor:
@@ -218,6 +237,8 @@ class _Rollouts:
         first = sum(len(group) for group in batch["groups"][:batch["slice"]])
         prompts = rollout.prompts[first:first + len(batch["groups"][batch["slice"]])]
         rows = slice(first * g, (first + len(prompts)) * g)
+        self._window_rows += len(prompts) * g
+        self._window_rewarded += int((~torch.isnan(rollout.rewards_per_func[rows])).any(dim=1).sum())
         device = self.fabric.device
         ids, mask = rollout.completion_ids[rows].to(device), rollout.mask[rows].to(device)
         advantages = rollout.advantages[rows].to(device)
@@ -309,6 +330,7 @@ class _Rollouts:
             completion_ids=[row[keep].tolist() for row, keep in zip(ids, sampled_mask)], columns=columns,
             trainer_state=RewardState(self.progress.step, self.progress.epoch, self._total_steps()))
         rewarded_at = time.perf_counter()
+        _warn_unscored(rewards_per_func, shown, texts, trainer.reward_names, index, fabric.world_size > 1)
         everyone = self._gather(rewards_per_func)                                # [world * N, K]
         weights = None if c.reward_weights is None else torch.tensor(c.reward_weights, dtype=torch.float64)
         advantages, stats = compute_advantages(everyone, g, weights=weights, scale_rewards=c.scale_rewards,
@@ -356,7 +378,7 @@ class _Rollouts:
         return torch.cat(parts)
 
     def _reference_logprobs(self, prompts: list[PromptRow], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Log-probs under the starting policy: the adapter switched off, the untuned state, or the copy."""
+        """Log-probs under the starting policy: the adapter switched off, the starting state, or the copy."""
         trainer = self.trainer
         if trainer._reference is not None:  # a frozen copy, or the starting state on the shared base
             return self._logprobs(trainer._reference, prompts, ids, mask)
@@ -477,6 +499,27 @@ def _postprocess(fn: PostprocessFn, prompts: list[Any], texts: list[str], ids: t
     return new_texts, new_ids.to("cpu", torch.long), new_mask.to("cpu").bool()
 
 
+def _warn_unscored(rewards_per_func: torch.Tensor, prompts: list[Any], texts: list[str], names: list[str],
+                   rollout: int, distributed: bool) -> None:
+    """One warning per rollout when some completions got no reward from any function (advantage 0)."""
+    unscored = torch.isnan(rewards_per_func).all(dim=1)
+    if not bool(unscored.any()):
+        return
+    first = int(unscored.nonzero()[0])
+    logger.warning(
+        "%d of %d completions of rollout %d%s have no reward: every reward function (%s) returned None or NaN "
+        "for them, so they get advantage 0 and teach nothing. The first one: prompt %s, completion %s. Make at "
+        "least one reward function return a number for every completion.",
+        int(unscored.sum()), len(texts), rollout, " on this process" if distributed else "", ", ".join(names),
+        _shorten(prompts[first]), _shorten(texts[first]))
+
+
+def _shorten(value: Any, limit: int = 120) -> str:
+    """``value``'s repr for a log line (a string's whitespace visible), cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _shape_advantages(advantages: torch.Tensor, rewards: torch.Tensor, config: GRPOConfig) -> torch.Tensor:
     """The seed's two knobs on top of TRL's advantages: low-quality groups (best reward below
     ``low_reward_threshold``) scaled by ``low_reward_scale``, then every advantage clamped to
@@ -491,8 +534,9 @@ def _shape_advantages(advantages: torch.Tensor, rewards: torch.Tensor, config: G
 
 
 def _rollout_seed(seed: int, rollout: int, prompt: int) -> int:
-    """A sampling seed per (run seed, rollout, dataset prompt): a resumed run samples the same completions,
-    and so does a run split over another number of processes."""
+    """A sampling seed per (run seed, rollout, dataset prompt): a resumed run samples the same completions
+    (seeded sampling also takes a fixed decode layout), and a run split over another number of processes
+    draws the same random numbers (its logits may differ by the rounding of other batch sizes)."""
     digest = hashlib.sha256(f"{seed}/{rollout}/{prompt}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 2
 

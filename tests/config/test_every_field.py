@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -117,13 +118,25 @@ def _infctx(tmp: Path) -> None:
     assert not torch.allclose(wider, truncated, atol=1e-4)
 
 
-@probe("accelerator", "devices", "num_nodes", "strategy")
+@probe("accelerator", "devices", "num_nodes", "strategy", "ddp_timeout")
 def _hardware(tmp: Path) -> None:
+    from lightning_fabric.strategies import DDPStrategy
+
     assert make_fabric(SFTConfig(**{**BASE, "accelerator": "cpu"})).device.type == "cpu"
     assert make_strategy(SFTConfig(**BASE)) == "auto"
-    assert make_strategy(SFTConfig(**{**BASE, "devices": 2})) == "ddp"
-    assert make_strategy(SFTConfig(**{**BASE, "num_nodes": 2})) == "ddp"
-    assert make_strategy(SFTConfig(**{**BASE, "strategy": "ddp_spawn"})) == "ddp_spawn"
+    for several in ({"devices": 2}, {"num_nodes": 2}, {"strategy": "ddp"}):
+        strategy = make_strategy(SFTConfig(**{**BASE, **several, "ddp_timeout": 60}))
+        assert isinstance(strategy, DDPStrategy) and strategy._timeout == timedelta(seconds=60), several
+    # a hung process stopping the others after ddp_timeout: tests/training/test_multi_node.py
+    with pytest.raises(ValueError, match="ddp_timeout must be an integer >= 1"):
+        SFTConfig(**{**BASE, "ddp_timeout": 0})
+    single = make_fabric(SFTConfig(**{**BASE, "strategy": "single_device", "accelerator": "cpu"})).strategy
+    assert type(single).__name__ == "SingleDeviceStrategy"
+    assert run(tmp / "single", strategy="single_device")[0][-1]["step"] == 4  # every accepted name runs
+    with pytest.raises(ValueError, match="strategy='single_device' runs one process, but devices x num_nodes = 2"):
+        SFTConfig(**{**BASE, "strategy": "single_device", "devices": 2})
+    with pytest.raises(ValueError, match="strategy='ddp_spawn' is not supported: .* use strategy='ddp'"):
+        SFTConfig(**{**BASE, "strategy": "ddp_spawn"})
     with pytest.raises(ValueError, match="accelerator must be one of"):
         SFTConfig(**{**BASE, "accelerator": "tpu"})
     if not torch.cuda.is_available():
@@ -166,10 +179,15 @@ def _logging_steps(tmp: Path) -> None:
 
 @probe("eval_steps")
 def _eval_steps(tmp: Path) -> None:
-    config = SFTConfig(output_dir=str(tmp / "e"), **{**BASE, "eval_steps": 2})
-    SFTTrainer(model(), config, train_dataset=rows(), eval_dataset=rows(2)).train()
-    records = [json.loads(line) for line in (tmp / "e" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in records if "eval_loss" in m] == [2, 4]
+    def evaluated_at(name: str, **change) -> list[int]:
+        config = SFTConfig(output_dir=str(tmp / name), **{**BASE, "eval_steps": 2, "epoch_count": 2, **change})
+        SFTTrainer(model(), config, train_dataset=rows(), eval_dataset=rows(2)).train()
+        records = [json.loads(line) for line in (tmp / name / "metrics.jsonl").read_text().splitlines()]
+        return [m["step"] for m in records if "eval_loss" in m]
+    assert evaluated_at("e") == [2, 4, 6, 8]
+    # evaluation does not wait for a logging step (it once fired only when both fell together: 6 here)
+    assert evaluated_at("l", eval_steps=3, logging_steps=2) == [3, 6]
+    assert evaluated_at("z", eval_steps=0) == [4, 8]  # 0: at each epoch end
 
 
 @probe("seed")

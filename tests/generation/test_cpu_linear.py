@@ -1,11 +1,12 @@
-"""``cpu_linear.decode_layouts``, the one entry point of the CPU layout choice, and the decoder without it."""
+"""``cpu_linear.decode_layouts``, the one entry point of the CPU layout choice, the decoder without it, and
+seeded generation's pinned layout."""
 
 from __future__ import annotations
 
 import torch
 from test_decode_step import FixedForm, assert_decoder_equals_model_step, random_model
 
-from rwkvtune.generation import cpu_linear
+from rwkvtune.generation import SamplingParams, cpu_linear, generate
 from rwkvtune.generation.cpu_linear import CpuLayouts, DecodeLinears, Form, FormChooser, decode_layouts
 from rwkvtune.generation.decode_step import RWKV7Decoder, make_step_fn
 
@@ -69,3 +70,34 @@ def test_make_step_fn_hands_the_chooser_to_the_layouts():
     step = make_step_fn(model, chooser)
     assert_decoder_equals_model_step(model, step, 2, 2e-5)
     assert step.layouts.linears.form is Form.GROUPED and chooser.chosen
+
+
+def test_seeded_generation_times_no_layout_and_unseeded_does(monkeypatch):
+    model = random_model(torch.float32, 1024)
+    readings = []
+    monkeypatch.setattr(cpu_linear, "_PROCESS_CHOOSER", FormChooser(clock=lambda: readings.append(1) or 0.0))
+    prompts, short = [[5, 6, 7], [8, 9]], dict(max_new_tokens=3, stop=(), stop_token_ids=())
+    generate(model, prompts, SamplingParams(n=2, seed=3, **short))
+    generate(model, prompts, SamplingParams(n=2, **short), prompt_seeds=[1, 2])  # as GRPO samples
+    assert not readings and not cpu_linear._PROCESS_CHOOSER._chosen
+    generate(model, prompts, SamplingParams(n=2, **short))
+    assert readings and cpu_linear._PROCESS_CHOOSER._chosen  # unseeded: the fastest layout, timed
+
+
+def test_seeded_generation_repeats_bit_for_bit_whatever_a_process_timed(monkeypatch):
+    """Each run stands for a new process whose timing chose another layout: seeded output stays the same."""
+    model = random_model(torch.float32, 1024)
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=6, seed=11, stop=(), stop_token_ids=())
+    runs = []
+    for form in (Form.TRANSPOSED, Form.GROUPED, Form.PLAIN):
+        process = FixedForm(form)
+        monkeypatch.setattr(cpu_linear, "_PROCESS_CHOOSER", process)
+        runs.append(generate(model, [[5, 6, 7], [8, 9]], params))
+        assert not process.chosen
+    for run in runs[1:]:
+        assert [c.token_ids for c in run] == [c.token_ids for c in runs[0]]
+        assert all(torch.equal(a.logprobs, b.logprobs) for a, b in zip(run, runs[0]))
+    decoder = make_step_fn(model, cpu_linear.PINNED_CHOOSER)
+    with torch.no_grad():
+        decoder(torch.tensor([1, 2]), model.initial_state(2))
+    assert decoder.layouts.linears.form is Form.PLAIN and not decoder.layouts.linears._copies

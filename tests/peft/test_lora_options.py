@@ -146,10 +146,9 @@ def test_peft_config_entry_and_exact_resume(tmp_path):
 
 def test_lora_under_deepspeed_is_refused_up_front(tmp_path):
     pytest.importorskip("deepspeed")
-    trainer = SFTTrainer(base_model(), SFTConfig(output_dir=str(tmp_path), strategy="deepspeed_stage_2", **FAST),
-                         train_dataset=rows(), peft_config=LoraConfig(r=2))
     with pytest.raises(ValueError, match="do not run under strategy='deepspeed_stage_2' yet"):
-        trainer.train()
+        SFTTrainer(base_model(), SFTConfig(output_dir=str(tmp_path), strategy="deepspeed_stage_2", **FAST),
+                   train_dataset=rows(), peft_config=LoraConfig(r=2))
 
 
 def test_seed_snippet_as_written_trains_in_bf16_and_restores_dtypes(tmp_path):

@@ -53,8 +53,8 @@ def train(output_dir, strategy: str, frozen: tuple[str, ...] = (), vocab: int = 
     return SFTTrainer(model, config, train_dataset=random_rows(16, seed=3)).train()
 
 
-@pytest.mark.parametrize("strategy", ["deepspeed_stage_2", "deepspeed_stage_3", "deepspeed_stage_2_offload",
-                                      "deepspeed_stage_3_offload"])
+@pytest.mark.parametrize("strategy", ["deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3",
+                                      "deepspeed_stage_2_offload", "deepspeed_stage_3_offload"])
 def test_zero_trains_what_plain_training_trains(strategy, deepspeed_on_cpu, tmp_path):
     train(tmp_path / "plain", "auto")
     train(tmp_path / "zero", strategy)

@@ -4,6 +4,7 @@ saved rollouts, the reference KL, resume, rewards and the post-processing hook."
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -15,6 +16,7 @@ from datasets import Dataset
 from checkpoints import random_state_dict, tiny_config
 from processes import run_on_one_and_two_processes
 from rwkvtune import AutoModel
+from rwkvtune.generation import cpu_linear
 from rwkvtune.model import RWKV7
 from rwkvtune.peft import LoraConfig
 from rwkvtune.tokenizer import WorldTokenizer
@@ -109,7 +111,19 @@ def test_full_fine_tuning_reference_copy_and_kl(tmp_path):
     assert kls[0] == 0.0 and kls[-1] > 0  # the policy moved away from the frozen copy of the start
 
 
-def test_resume_gives_the_same_rollouts_losses_and_weights(tmp_path):
+class NoTiming:
+    """A process-wide layout chooser that fails when asked to time: GRPO's sampling is seeded, and seeded
+    sampling must take the pinned layout (a resumed run is a new process, whose timing could pick another)."""
+
+    def get(self, key):
+        return None
+
+    def choose(self, key, forms, run):
+        raise AssertionError("seeded sampling timed the decoder's weight layouts")
+
+
+def test_resume_gives_the_same_rollouts_losses_and_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(cpu_linear, "_PROCESS_CHOOSER", NoTiming())
     common = dict(micro_bsz=1, steps_per_generation=2, num_iterations=2, accumulate_grad_batches=1, epoch_count=2,
                   save_every_n_batches=3, save_total_limit=0, epoch_save=0, save_rollout_steps=1, lr_init=1e-2,
                   lr_final=1e-3,
@@ -151,6 +165,50 @@ def test_reward_function_errors_name_the_function(tmp_path):
         GRPOTrainer(model(), short, config, train_dataset=prompts()).train()
     with pytest.raises(ValueError, match="reward_weights has 1 weights for 2 reward functions"):
         GRPOTrainer(model(), [length_reward, short], GRPOConfig(reward_weights=[1.0]), train_dataset=prompts())
+
+    def endless(completions, **kwargs):
+        return [1.0] * (len(completions) - 1) + [-math.inf]
+
+    config = GRPOConfig(output_dir=str(tmp_path / "z"), max_steps=1, **FAST)
+    with pytest.raises(ValueError, match="reward function 'endless' returned -inf for completion 3; rewards must be "
+                                         "finite"):
+        GRPOTrainer(model(), endless, config, train_dataset=prompts()).train()
+
+
+def test_completions_without_any_reward_are_warned_about_once_per_rollout(tmp_path, caplog):
+    seen = []
+
+    def every_other(completions, **kwargs):
+        seen.append(list(completions))
+        return [None if i % 2 else 1.0 for i in range(len(completions))]
+
+    config = GRPOConfig(output_dir=str(tmp_path), max_steps=2, **FAST)
+    with caplog.at_level(logging.WARNING, logger="rwkvtune.training.grpo"):
+        result = GRPOTrainer(model(), every_other, config, train_dataset=prompts()).train()
+    assert result["step"] == 2  # half the completions have a reward: a warning, not an error
+    warnings = [r.getMessage() for r in caplog.records if "have no reward" in r.getMessage()]
+    assert len(warnings) == len(seen) == 2  # one per rollout, not one per completion
+    first = warnings[0]
+    assert first.startswith("2 of 4 completions of rollout 0") and "(every_other)" in first
+    assert f"completion {seen[0][1][:120]!r}" in first and "prompt 'Q" in first
+    assert "at least one reward function return a number for every completion" in first
+
+
+@pytest.mark.parametrize("missing", [None, math.nan])
+def test_a_step_in_which_no_completion_has_a_reward_stops_before_the_update(tmp_path, missing):
+    def no_answer(completions, **kwargs):
+        return [missing] * len(completions)
+
+    policy = model()
+    before = [p.detach().clone() for p in policy.parameters()]
+    config = GRPOConfig(output_dir=str(tmp_path / "none"), max_steps=3, lr_init=1e-2, weight_decay=0.1, **FAST)
+    with pytest.raises(ValueError, match=r"no completion of optimizer step 1 had a reward: the reward function\(s\) "
+                                         r"'no_answer' returned None or NaN for all 4 completions it trained on"):
+        GRPOTrainer(policy, no_answer, config, train_dataset=prompts()).train()
+    assert all(torch.equal(p, q) for p, q in zip(before, policy.parameters()))
+    # with another function scoring every completion, the missing ones are only left out of the sum
+    config = GRPOConfig(output_dir=str(tmp_path / "other"), max_steps=1, **FAST)
+    assert GRPOTrainer(model(), [no_answer, length_reward], config, train_dataset=prompts()).train()["step"] == 1
 
 
 def test_dataset_columns_and_conversational_prompts_reach_the_rewards(tmp_path):
@@ -238,13 +296,17 @@ from rwkvtune.training import GRPOConfig, GRPOTrainer
 
 devices = int(sys.argv[2])
 config = GRPOConfig(output_dir=sys.argv[1], devices=devices, accelerator="cpu", micro_bsz=2 // devices, max_steps=2,
-                    lr_init=1e-2, lr_final=1e-2, adam_eps=1e-2, **FAST)
+                    lr_init=1e-2, lr_final=1e-2, adam_eps=1e-2, save_rollout_steps=1, **FAST)
 GRPOTrainer(model(), length_reward, config, train_dataset=prompts()).train()
 """
 
 
 def test_two_process_ddp_equals_one_process(tmp_path):
     run_on_one_and_two_processes(tmp_path, DDP_RUN)
+    for step in (1, 2):  # the same completions of each prompt (rank 0 writes every process's, rank-major)
+        one, two = (sorted((r["prompt"], r["completion_ids"]) for r in
+                           records(tmp_path / d / "rollouts" / f"rollouts_step{step:06d}.jsonl")) for d in ("d1", "d2"))
+        assert one == two and len(one) == 2 * 4
     one, two = records(tmp_path / "d1" / "metrics.jsonl"), records(tmp_path / "d2" / "metrics.jsonl")
     for key in ("loss", "reward", "reward_std", "completions/mean_length"):
         assert [r[key] for r in one] == pytest.approx([r[key] for r in two], abs=1e-5), key
