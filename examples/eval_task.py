@@ -8,6 +8,7 @@ Prints, over NUM_PROMPTS [96] prompts drawn with another seed than the training 
   maximises, free of sampling noise;
 - the mean exact-answer reward of NUM_SAMPLES [8] completions per prompt sampled at temperature 1;
 - the greedy accuracy.
+THREADS [2] sets torch's threads.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 # bundled task's held-out score, eval_task.py, after each merge).
 #   MODEL_PATH=models/rwkv7-0.1b ./run_sft_grpo_single_gpu.sh
 # Without MODEL_PATH a new small RWKV-7 (L3-C192) is fine-tuned on the bundled synthetic task first (no
-# downloads; ~5 min on 2 CPU cores). Settings: WORK_DIR [runs/sft_grpo], LORA_R [32], SFT_EPOCHS [3],
+# downloads; ~7 min on 2 CPU cores). Settings: WORK_DIR [runs/sft_grpo], LORA_R [32], SFT_EPOCHS [3],
 # SFT_LR [5e-3], GRPO_STEPS [120], GRPO_LR [3e-3], GRPO_PROMPTS [4000], GRPO_MICRO_BSZ [32]; the other
 # variables of train_sft_single_gpu.py and train_grpo_single_gpu.py apply to their stage. GRPO takes 32
 # prompts x 8 completions a step: with fewer, the policy gradient of this small model is mostly noise, and

@@ -12,7 +12,8 @@ ACCUMULATE_GRAD_BATCHES [1], MAX_COMPLETION_LENGTH [8], TEMPERATURE [1.0], TOP_P
 LOSS_TYPE [dapo], BETA [0.0], EPSILON [0.2], EPSILON_HIGH [none], SCALE_REWARDS [group], LR_INIT [1e-5],
 LR_FINAL [1e-6], WARMUP_STEPS [0], EPOCH_COUNT [1], EPOCH_STEPS [none], PRECISION [bf16 on GPU, fp32 on
 CPU], GRAD_CP [0], SAVE_EVERY_N_BATCHES [0], SAVE_ROLLOUT_STEPS [0], LOGGING_STEPS [5], REPORT_TO [none],
-LORA_R [0 = full fine-tuning], LORA_ALPHA [2 x LORA_R], SEED [42].
+LORA_R [0 = full fine-tuning], LORA_ALPHA [2 x LORA_R], SEED [42], RESUME [none; latest, or a checkpoint
+directory].
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Continued pretraining on one device, configured by environment variables.
+"""Continued pretraining on one device (or DEVICES processes), configured by environment variables.
 
     MODEL_PATH=models/rwkv7-0.1b DATA_PATH=corpus.jsonl python examples/train_pretrain.py
     MODEL_PATH=models/rwkv7-0.1b BINIDX_PATH=data/minipile python examples/train_pretrain.py
@@ -6,7 +6,8 @@
 Variables (defaults in brackets): MODEL_PATH [a new tiny RWKV-7, L2-C128], DATA_PATH [synthetic text; a
 .jsonl/.json file with a "text" column], BINIDX_PATH [RWKV-LM .bin/.idx prefix, read memory-mapped],
 CTX_LEN [512], MICRO_BSZ [4], EPOCH_COUNT [1], EPOCH_STEPS [none], LR_INIT [3e-4], LR_FINAL [1e-5],
-WARMUP_STEPS [10], GRAD_CP [1], PRECISION [bf16 on GPU, fp32 on CPU], DEVICES [1], OUTPUT_DIR [output_pretrain].
+WARMUP_STEPS [10], GRAD_CP [1], PRECISION [bf16 on GPU, fp32 on CPU], DEVICES [1], OUTPUT_DIR [output_pretrain],
+RESUME [none; latest, or a checkpoint directory].
 """
 
 from __future__ import annotations
