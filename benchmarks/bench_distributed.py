@@ -28,7 +28,7 @@ import torch
 SHAPES = {"L4-C256": (4, 256), "rwkv7-0.1b": (12, 768)}
 
 ONE_RUN = r"""
-import json, os, statistics, sys
+import json, os, sys
 import torch
 n_layer, n_embd, ctx, global_bsz, precision, threads, devices, strategy, steps, out = (
     int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6]),

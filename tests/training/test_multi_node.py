@@ -140,9 +140,11 @@ def test_two_nodes_of_two_processes_train_what_one_process_trains(one_process, t
     assert_same_training(tmp_path / "two_by_two", one_process["sft"])
 
 
-def test_grpo_on_two_nodes_trains_what_one_process_trains(one_process, tmp_path):
+def test_grpo_on_two_nodes_trains_what_one_node_and_one_process_train(one_process, tmp_path):
     succeeded(*two_nodes("torchrun", tmp_path / "two_nodes", "grpo"))
-    assert_same_training(tmp_path / "two_nodes", one_process["grpo"], keys=("loss", "reward", "reward_std"))
+    succeeded(one_machine(tmp_path / "one_node", "grpo", devices=2))
+    for reference in (tmp_path / "one_node", one_process["grpo"]):
+        assert_same_training(tmp_path / "two_nodes", reference, keys=("loss", "reward", "reward_std"))
 
 
 def test_a_lost_node_stops_the_other_and_the_run_resumes_exactly(one_process, tmp_path):
