@@ -1,4 +1,5 @@
-"""``rwkvtune-merge-lora``: fold a LoRA adapter (and its train parts) into its base model, as a hub directory.
+"""``rwkvtune-merge-lora``: fold a LoRA adapter (and its train parts) into its base model, as a hub directory
+(or, with ``--save-format hf``, a Hugging Face directory in fla's layout).
 
 The merge runs in float32 whatever the files' dtypes, and the result is cast once to ``--precision``.
 Every check (paths, adapter files, the base's shape) runs before anything is written; the directory is
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -18,10 +18,10 @@ from typing import Sequence
 import torch
 
 from rwkvtune.cli.command import run_command
-from rwkvtune.hub.auto import find_weights_file, load_model, resolve_dtype
-from rwkvtune.hub.files import TOKENIZER_CONFIG_FILE, VOCAB_FILE, staged_directory, write_json
-from rwkvtune.hub.tokenizer_files import save_tokenizer
-from rwkvtune.hub.weights import SAVE_FORMATS
+from rwkvtune.hub.auto import DIRECTORY_FORMATS, find_weights_file, load_model, resolve_dtype
+from rwkvtune.hub.files import staged_directory, write_json
+from rwkvtune.hub.hf_directory import is_hf_directory
+from rwkvtune.hub.tokenizer_files import VOCAB_NAMES, load_tokenizer
 from rwkvtune.peft.lora import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, RWKVPeftModel
 from rwkvtune.peft.state_tuning import STATE_FILE
 from rwkvtune.tokenizer import WorldTokenizer
@@ -35,15 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rwkvtune-merge-lora",
         description="Merge a LoRA adapter (an adapter directory or any checkpoint directory of a LoRA run, e.g. "
-                    "output_sft/epoch3) into its base model and write a hub directory with merge_info.json.",
+                    "output_sft/epoch3) into its base model and write a hub directory (or a Hugging Face one) with "
+                    "merge_info.json.",
     )
-    parser.add_argument("--base-model", "-b", required=True, help="base model hub directory (or .pth/.safetensors)")
+    parser.add_argument("--base-model", "-b", required=True,
+                        help="base model: hub directory, Hugging Face (fla layout) directory, or .pth/.safetensors")
     parser.add_argument("--lora-model", "-l", required=True, help="adapter directory or LoRA checkpoint directory")
-    parser.add_argument("--output", "-o", required=True, help="hub directory to create")
+    parser.add_argument("--output", "-o", required=True, help="directory to create")
     parser.add_argument("--device", default="cpu", help="where to merge: cpu (default) or cuda")
     parser.add_argument("--precision", choices=PRECISIONS, default="bf16",
                         help="dtype of the saved weights (the merge itself runs in fp32; default: bf16)")
-    parser.add_argument("--save-format", choices=SAVE_FORMATS, default="pth", help="weights format (default: pth)")
+    parser.add_argument("--save-format", choices=DIRECTORY_FORMATS, default="pth",
+                        help="pth or safetensors (a hub directory, official keys), or hf (a Hugging Face directory in "
+                             "fla's layout, for transformers/fla and llama.cpp's converter); default: pth")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     return parser
 
@@ -69,15 +73,11 @@ def merge_lora(base_model: str | Path, lora_model: str | Path, output: str | Pat
         "merged_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "rwkvtune_version": __version__,
     }
+    # the base's vocabulary file (copied byte for byte) and chat template; a bare weights file has neither
+    tokenizer = load_tokenizer(base_path) if base_path.is_dir() and _has_vocab(base_path) else WorldTokenizer.default()
     with staged_directory(output, overwrite=overwrite) as staging:
         merged.hub_config["merged_lora"] = str(lora_path.resolve())
-        merged.save_pretrained(staging, save_format=save_format)
-        tokenizer_files = [base_path / name for name in (VOCAB_FILE, TOKENIZER_CONFIG_FILE)] if base_path.is_dir() else []
-        if tokenizer_files and all(path.is_file() for path in tokenizer_files):
-            for path in tokenizer_files:
-                shutil.copyfile(path, staging / path.name)
-        else:
-            save_tokenizer(WorldTokenizer.default(), staging)
+        merged.save_pretrained(staging, save_format=save_format, tokenizer=tokenizer)
         write_json(staging / MERGE_INFO_FILE, merge_info)
     return output
 
@@ -87,14 +87,15 @@ def _check_inputs(base_path: Path, lora_path: Path, output: Path, *, device: str
     """Every check that needs no weights loaded."""
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if save_format not in SAVE_FORMATS:
-        raise ValueError(f"--save-format must be one of {', '.join(SAVE_FORMATS)}, got {save_format!r}")
+    if save_format not in DIRECTORY_FORMATS:
+        raise ValueError(f"--save-format must be one of {', '.join(DIRECTORY_FORMATS)}, got {save_format!r}")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda, but no CUDA device is available; use --device cpu")
     if output.exists() and not overwrite:
         raise FileExistsError(f"output directory {output} already exists; pass --overwrite to replace it, or choose "
                               "another directory")
-    find_weights_file(base_path)
+    if not is_hf_directory(base_path):
+        find_weights_file(base_path)
     resolved = output.resolve()
     for source in (base_path.resolve(), lora_path.resolve()):
         if resolved == source or resolved in source.parents:
@@ -112,6 +113,10 @@ def _check_inputs(base_path: Path, lora_path: Path, output: Path, *, device: str
     if missing:
         raise FileNotFoundError(f"{lora_path} is not a LoRA adapter: {', '.join(missing)} missing (a LoRA run writes "
                                 "them into every checkpoint directory and final/)")
+
+
+def _has_vocab(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in VOCAB_NAMES)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

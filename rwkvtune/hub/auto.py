@@ -24,12 +24,19 @@ from rwkvtune.hub.config_json import (
     write_model_metadata,
 )
 from rwkvtune.hub.files import CONFIG_FILE, GENERATION_CONFIG_FILE, WEIGHTS_FILES, read_json
+from rwkvtune.hub.hf_directory import VOCAB_NAME as HF_VOCAB_NAME
+from rwkvtune.hub.hf_directory import is_hf_directory, load_hf_directory, save_hf_directory
 from rwkvtune.hub.tokenizer_files import load_tokenizer, save_tokenizer
 from rwkvtune.hub.weights import load_rwkv7_weights, save_weights
 from rwkvtune.model import RWKV7
 from rwkvtune.model.init import new_model, value_lora_init
 from rwkvtune.ops import check_backend_name
 from rwkvtune.tokenizer import WorldTokenizer
+from rwkvtune.version import __version__
+
+#: ``save_pretrained`` formats: a hub directory with official keys in a ``.pth`` or ``.safetensors`` file, or
+#: a Hugging Face directory in fla's layout.
+DIRECTORY_FORMATS = (*WEIGHTS_FILES, "hf")
 
 DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -82,13 +89,15 @@ class PretrainedRWKV7(RWKV7):
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, save_format: str = "pth",
                         tokenizer: WorldTokenizer | None = None,
-                        state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-        """Write ``config.json``, the weights (official keys) and ``generation_config.json``, each atomically.
+                        state_dict: dict[str, torch.Tensor] | None = None, format: str | None = None) -> Path:
+        """Write ``config.json``, the weights and ``generation_config.json``, each atomically.
 
-        With ``tokenizer`` the tokenizer files are written too, making a complete hub directory;
-        ``state_dict`` replaces the module's own tensors (e.g. weights gathered from a sharded run).
+        ``save_format`` (or its alias ``format``): ``"pth"`` or ``"safetensors"`` (a hub directory, official
+        keys), or ``"hf"`` (a Hugging Face directory in fla's layout, for transformers with fla and
+        llama.cpp's converter). With ``tokenizer`` the tokenizer files are written too, making a complete
+        directory; ``state_dict`` replaces the module's own tensors (e.g. weights gathered from a sharded run).
         """
-        return save_pretrained(self, save_directory, save_format=save_format, tokenizer=tokenizer,
+        return save_pretrained(self, save_directory, save_format=format or save_format, tokenizer=tokenizer,
                                ctx_len=self.ctx_len, hub_config=self.hub_config,
                                generation_config=self.generation_config, state_dict=state_dict)
 
@@ -98,11 +107,18 @@ def save_pretrained(model: RWKV7, save_directory: str | os.PathLike, *, save_for
                     hub_config: dict[str, Any] | None = None,
                     generation_config: dict[str, Any] | None = None,
                     state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-    """Save any ``RWKV7`` as a hub directory (see ``PretrainedRWKV7.save_pretrained``)."""
-    if save_format not in WEIGHTS_FILES:
-        raise ValueError(f"unknown save format {save_format!r}; choose one of: {', '.join(WEIGHTS_FILES)}")
+    """Save any ``RWKV7`` as a hub directory, or with ``save_format="hf"`` a Hugging Face directory (see
+    ``PretrainedRWKV7.save_pretrained``)."""
+    if save_format not in DIRECTORY_FORMATS:
+        raise ValueError(f"unknown save format {save_format!r}; choose one of: {', '.join(DIRECTORY_FORMATS)}")
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
+    if save_format == "hf":
+        save_hf_directory(model.state_dict() if state_dict is None else state_dict, model.config, out,
+                          ctx_len=ctx_len, rwkvtune_version=__version__)
+        if tokenizer is not None:
+            save_tokenizer(tokenizer, out, vocab_name=HF_VOCAB_NAME)
+        return out
     save_weights(model.state_dict() if state_dict is None else state_dict, out / WEIGHTS_FILES[save_format],
                  save_format)
     # A stale weights file of the other format would be ambiguous on the next load.
@@ -125,14 +141,16 @@ def load_model(
     grad_cp: bool = False,
     mmap: bool = False,
 ) -> PretrainedRWKV7:
-    """Load a model from a hub directory (or a ``.pth``/``.safetensors`` file), strictly.
+    """Load a model from a hub directory, a Hugging Face directory in fla's layout (``hub.hf_layout``), or
+    a ``.pth``/``.safetensors`` file, strictly.
 
     The file is memory-mapped and its tensors are converted or copied one at a time, so loading needs
     about 1x the model's size in RAM, never 2x.
 
     Args:
-        path: hub directory, or a weights file in the official format. For a bare file, files beside
-            it (``config.json``, ...) are not read.
+        path: hub directory, Hugging Face directory (``config.json`` with ``"model_type": "rwkv7"``, fla's
+            ``RWKV7ForCausalLM`` keys in ``model.safetensors`` or shards), or a weights file in the official
+            format. For a bare file, files beside it (``config.json``, ...) are not read.
         dtype: ``"fp32"``, ``"bf16"``, ``"fp16"`` (or a torch dtype); default: the file's dtype.
         device: where the weights go (default CPU); tensors are moved one at a time.
         wkv_backend: WKV7 backend (``"auto"``, ``"chunked"``, ``"reference"``, ``"fla"``).
@@ -145,19 +163,23 @@ def load_model(
         FileNotFoundError: no such path, or no weights in the directory.
         ValueError: the file is corrupt, or its keys/shapes are not an RWKV-7 model's (all listed).
     """
-    weights_file = find_weights_file(path)
-    state, config = load_rwkv7_weights(weights_file)
     check_backend_name(wkv_backend)
-
     hub_config: dict[str, Any] = {}
     generation_config = None
     hub_dir = Path(path)
-    if hub_dir.is_dir():
-        if (hub_dir / CONFIG_FILE).is_file():
-            hub_config = read_json(hub_dir / CONFIG_FILE)
-            report_disagreements(config, hub_config, str(hub_dir / CONFIG_FILE))
-        if (hub_dir / GENERATION_CONFIG_FILE).is_file():
-            generation_config = read_json(hub_dir / GENERATION_CONFIG_FILE)
+    if is_hf_directory(hub_dir):
+        # A Hugging Face directory's metadata is not ours: its sequence length stands for ctx_len, and its
+        # generation_config.json holds transformers' fields, not our stop strings.
+        state, config = load_hf_directory(hub_dir)
+        hub_config = {"ctx_len": read_json(hub_dir / CONFIG_FILE).get("max_position_embeddings", DEFAULT_CTX_LEN)}
+    else:
+        state, config = load_rwkv7_weights(find_weights_file(path))
+        if hub_dir.is_dir():
+            if (hub_dir / CONFIG_FILE).is_file():
+                hub_config = read_json(hub_dir / CONFIG_FILE)
+                report_disagreements(config, hub_config, str(hub_dir / CONFIG_FILE))
+            if (hub_dir / GENERATION_CONFIG_FILE).is_file():
+                generation_config = read_json(hub_dir / GENERATION_CONFIG_FILE)
 
     target_dtype = resolve_dtype(dtype) or state["emb.weight"].dtype
     target_device = torch.device(device) if device is not None else torch.device("cpu")

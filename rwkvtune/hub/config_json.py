@@ -74,15 +74,18 @@ def _declared_dims(data: dict[str, Any]) -> dict[str, Any]:
     return dims
 
 
-def config_disagreements(config: RWKV7Config, data: dict[str, Any]) -> list[str]:
-    """``field: config.json value vs weights value`` for each stated dimension the weights contradict."""
+def dims_disagreements(config: RWKV7Config, dims: dict[str, Any]) -> list[str]:
+    """``field: config.json value vs weights value`` for each of ``dims`` (``RWKV7Config`` names) that
+    ``config`` contradicts."""
     return [f"{name}: {value} in config.json vs {getattr(config, name)} in the weights"
-            for name, value in _declared_dims(data).items() if value != getattr(config, name)]
+            for name, value in dims.items() if value != getattr(config, name)]
 
 
-def report_disagreements(config: RWKV7Config, data: dict[str, Any], source: str) -> None:
-    """Log a warning when ``config.json`` contradicts the weights (the weights win)."""
-    problems = config_disagreements(config, data)
+def report_disagreements(config: RWKV7Config, data: dict[str, Any], source: str,
+                         dims: dict[str, Any] | None = None) -> None:
+    """Log a warning when ``config.json`` contradicts the weights (the weights win). ``dims``: the
+    dimensions it states, for a ``config.json`` that is not a hub directory's (a Hugging Face one)."""
+    problems = dims_disagreements(config, _declared_dims(data) if dims is None else dims)
     if problems:
         logger.warning("%s disagrees with the weights; using the architecture of the weights:\n  %s",
                        source, "\n  ".join(problems))
