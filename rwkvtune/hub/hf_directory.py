@@ -51,20 +51,22 @@ def load_hf_directory(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     data = read_json(directory / CONFIG_FILE)
     check_hf_config(data, str(directory / CONFIG_FILE))
     tensors = read_tensors(directory)
-    state = from_hf(tensors, str(directory))
+    # the file the tensors came from: the single file, or the index of the shards
+    source = directory / (INDEX_FILE if (directory / INDEX_FILE).is_file() else SINGLE_FILE)
+    state = from_hf(tensors, str(source))
     try:
         config = config_from_shapes({key: tuple(value.shape) for key, value in state.items()})
     except ValueError as err:
-        raise ValueError(f"{directory}: cannot read an RWKV-7 architecture from its tensors ({err})") from None
+        raise ValueError(f"{source}: cannot read an RWKV-7 architecture from its tensors ({err})") from None
     needed = [hf_key(key) for key in expected_shapes(config) if key not in NOT_CARRIED]
     missing = [key for key in needed if key not in tensors]
     if missing:
-        raise ValueError(f"{directory}: {len(missing)} tensor(s) of the architecture are missing: "
+        raise ValueError(f"{source}: {len(missing)} tensor(s) of the architecture are missing: "
                          f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
     try:
         check_state_dict_shapes(config, {key: tuple(value.shape) for key, value in state.items()})
     except ValueError as err:
-        raise ValueError(f"{directory} (official names below): {err}") from None
+        raise ValueError(f"{source} (official names below): {err}") from None
     report_disagreements(config, data, str(directory / CONFIG_FILE), dims=declared_dims(data))
     dtype = state["emb.weight"].dtype
     for name, value in value_lora_init(config, 0, seed=0).items():
@@ -95,9 +97,9 @@ def read_tensors(directory: Path) -> dict[str, torch.Tensor]:
         part = load_weights(directory / shard)
         lacking, unlisted = sorted(set(keys) - set(part)), sorted(set(part) - set(keys))
         if lacking or unlisted:
-            raise ValueError(f"{directory / shard} does not hold what {INDEX_FILE} says: "
-                             + "; ".join(filter(None, [f"lacks {', '.join(lacking[:5])}" if lacking else "",
-                                                       f"holds unlisted {', '.join(unlisted[:5])}" if unlisted else ""])))
+            raise ValueError(f"{directory / shard} does not hold what {INDEX_FILE} says: lacks "
+                             f"{', '.join(lacking[:5]) or 'nothing'}; holds unlisted "
+                             f"{', '.join(unlisted[:5]) or 'nothing'}")
         tensors.update(part)
     return tensors
 
@@ -130,7 +132,8 @@ def save_hf_directory(state: dict[str, torch.Tensor], config: RWKV7Config, save_
 
 def _holds_weights(name: str) -> bool:
     """Whether a file of this name is read as weights (ours, or of this layout)."""
-    return name in ("model.pth", SINGLE_FILE, INDEX_FILE) or (name.startswith("model-") and name.endswith(".safetensors"))
+    shard = name.startswith("model-") and name.endswith(".safetensors")
+    return shard or name in ("model.pth", SINGLE_FILE, INDEX_FILE)
 
 
 def _split(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:

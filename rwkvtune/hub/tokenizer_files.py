@@ -84,7 +84,8 @@ def load_tokenizer(path: str | os.PathLike) -> WorldTokenizer:
             raise ValueError(f"{hub_dir / 'tokenizer.json'} is a Hugging Face tokenizer, not the RWKV World vocabulary "
                              f"rwkvtune tokenizes with; the model needs {DEFAULT_VOCAB_PATH.name} beside it")
         raise FileNotFoundError(f"tokenizer file missing: {hub_dir / VOCAB_FILE}. Copy vocab.txt "
-                                "(rwkv_vocab_v20230424.txt) into the directory, or re-create it with rwkvtune-create-hub")
+                                "(rwkv_vocab_v20230424.txt) into the directory, or re-create it with "
+                                "rwkvtune-create-hub")
     template = settings.get("chat_template")
     if foreign:
         if table_digest(load_vocab(vocab)) != DEFAULT_VOCAB_DIGEST:

@@ -5,6 +5,7 @@ here reaching it, and bad directories named."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -160,14 +161,14 @@ def test_bad_directories_are_named_and_nothing_is_written(exported):
     tensors = load_file(exported / "model.safetensors")
     lacking = broken_copy(exported, "lacking")
     save_file({k: v for k, v in tensors.items() if k != "model.layers.1.attn.k_k"}, lacking / "model.safetensors")
-    with pytest.raises(ValueError, match=r"lacking: 1 tensor\(s\) of the architecture are missing: "
+    with pytest.raises(ValueError, match=r"lacking/model.safetensors: 1 tensor\(s\) of the architecture are missing: "
                                          r"model\.layers\.1\.attn\.k_k"):
         AutoModel.from_pretrained(lacking)
 
     extra = broken_copy(exported, "extra")
     save_file({**tensors, "model.layers.0.attn.v_lora.lora.0.weight": torch.zeros(8, 128)}, extra / "model.safetensors")
-    with pytest.raises(ValueError, match=r"extra: 1 tensor\(s\) that RWKV-7's fla layout does not have: "
-                                         r"model\.layers\.0\.attn\.v_lora\.lora\.0\.weight"):
+    with pytest.raises(ValueError, match=r"extra/model.safetensors: 1 tensor\(s\) that RWKV-7's fla layout does not "
+                                         r"have: model\.layers\.0\.attn\.v_lora\.lora\.0\.weight"):
         AutoModel.from_pretrained(extra)
 
     model = official_model("L2-C128")
@@ -176,6 +177,14 @@ def test_bad_directories_are_named_and_nothing_is_written(exported):
     sharded = save_hf_directory(model.state_dict(), model.config, exported.parent / "sharded", ctx_len=4096,
                                 max_shard_bytes=200_000)
     index = json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"]
+    moved = broken_copy(sharded, "moved")
+    first = sorted(set(index.values()))[0]
+    part = load_file(moved / first)
+    key = sorted(part)[0]
+    save_file({k: v for k, v in part.items() if k != key}, moved / first)
+    with pytest.raises(ValueError, match=rf"moved/{first} does not hold what model.safetensors.index.json says: "
+                                         rf"lacks {re.escape(key)}; holds unlisted nothing"):
+        AutoModel.from_pretrained(moved)
     gone = sorted(set(index.values()))[1]
     (sharded / gone).unlink()
     with pytest.raises(FileNotFoundError, match=rf"lists 1 shard\(s\) missing from .*sharded: {gone} \(holding "
