@@ -206,3 +206,28 @@ def test_every_process_stops_on_what_rank_zero_finds(tmp_path):
         assert "output_dir run is not shared: node(s) 1 do not see the file node 0 wrote there" in result.stderr, \
             result.stderr[-3000:]
     assert [p.name for p in (cwds[0] / "run").iterdir()] == []  # the check leaves nothing behind
+
+
+EXIT_CHECK = """
+import atexit, os, sys
+import torch
+from pathlib import Path
+out = Path(sys.argv[1])
+# registered first, so it runs after the handlers registered later (atexit runs them last-in, first-out)
+atexit.register(lambda: (out / f"rank{os.environ.get('LOCAL_RANK', '0')}").write_text(
+    str(torch.distributed.is_initialized())))
+from rwkvtune.engine.fabric import make_fabric
+from rwkvtune.training import SFTConfig
+fabric = make_fabric(SFTConfig(devices=2, accelerator="cpu", precision="fp32"))
+fabric.barrier()
+"""
+
+
+def test_process_groups_are_destroyed_before_the_interpreter_exits(tmp_path):
+    """Left to interpreter finalisation, gloo's threads can abort a process that trained fine (SIGABRT)."""
+    script = tmp_path / "exit_check.py"
+    script.write_text(EXIT_CHECK)
+    result = subprocess.run([sys.executable, str(script), str(tmp_path)], env=clean_env(), capture_output=True,
+                            text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["False", "False"]
