@@ -92,7 +92,7 @@ def create_hub(
         template = Path(chat_template).read_text(encoding="utf-8")
         check_chat_template(template, str(chat_template))
 
-    state, config = load_hf_directory(model_file) if from_hf else load_rwkv7_weights(model_file)
+    state, config = load_hf_directory(model_file)[:2] if from_hf else load_rwkv7_weights(model_file)
     if expected is not None and config != expected:
         raise ValueError(f"{model_file} is not {config_name}; the weights differ in:\n  "
                          + "\n  ".join(f"{line} (weights vs {config_name})" for line in config.differences(expected))

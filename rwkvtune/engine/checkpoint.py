@@ -125,14 +125,14 @@ def load_checkpoint(fabric, path: Path, *, model, optimizer) -> TrainProgress:
     resumes under the kind of strategy that wrote it: sharded (FSDP, DeepSpeed: ``state.pt`` is a directory)
     or whole tensors (one process, DDP: one file).
     """
-    sharded = (path / STATE_FILE).is_dir()
-    if sharded == _holds_whole_tensors(fabric):
+    sharded, whole = (path / STATE_FILE).is_dir(), _holds_whole_tensors(fabric)
+    if sharded == whole:
         written = ("under a sharded strategy (FSDP or DeepSpeed: state.pt is a directory of shards)" if sharded
                    else "on one process or under DDP (state.pt is one file)")
         raise ValueError(f"{path} was saved {written} and cannot resume under strategy "
                          f"{type(fabric.strategy).__name__}; resume with the strategy it was saved with (its "
                          f"{CONFIG_FILE} names it)")
-    if not _holds_whole_tensors(fabric):  # DeepSpeed and FSDP restore their own, possibly sharded, state
+    if not whole:  # DeepSpeed and FSDP restore their own, possibly sharded, state
         rest = fabric.load(path / STATE_FILE, {"model": model, "optimizer": optimizer}, weights_only=True)
         set_rng_state(rest["rng"])
         return TrainProgress(**rest["progress"])

@@ -1,9 +1,10 @@
 """Whether this CPU multiplies bf16 matrices at speed, measured before a bf16 run starts.
 
 CPUs with AVX512-BF16 or AMX multiply bf16 natively. On the others (AVX2 only: most laptops and many
-servers) PyTorch emulates it: a 512^2 bf16 product on one thread ran at 1.35 GFLOP/s against 77 GFLOP/s in
-fp32 on such a machine, so ``precision="bf16"`` (the default, and LoRA's frozen bf16 base) would train ~50x
-slower than ``"fp32"`` without a word. A short timing says which case this is.
+servers) PyTorch emulates it: an Intel Xeon restricted to AVX2 multiplied bf16 at 2.5 GFLOP/s against 386 in
+fp32, and SFT on it ran 186x slower in bf16 (``benchmarks/RESULTS.md``), so ``precision="bf16"`` (the
+default, and LoRA's frozen bf16 base) would train far slower than ``"fp32"`` without a word. A short timing
+says which case this is.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ class SlowBF16Warning(UserWarning):
 
 def matmul_rate(dtype: torch.dtype, size: int = 256, repeats: int = 3) -> float:
     """Best-of-``repeats`` FLOP/s of one square ``size`` matrix product in ``dtype`` on the CPU, at the
-    current thread count, after one untimed product (about 0.1 s in all where bf16 is emulated)."""
+    current thread count, after one untimed product. Both dtypes together take a few milliseconds where bf16
+    is native, about 0.08 s where it is emulated."""
     generator = torch.Generator().manual_seed(0)
     a, b = (torch.randn(size, size, generator=generator).to(dtype) for _ in range(2))
     torch.mm(a, b)

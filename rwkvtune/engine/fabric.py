@@ -47,8 +47,8 @@ def _destroy_process_groups_at_exit() -> None:
 
     Fabric never destroys them. Left to interpreter finalisation, gloo's worker threads can still hold work
     that references Python objects, and the process then ends in SIGABRT ("terminate called without an
-    active exception") after training succeeded: seen once in a CI run of the 2-process FSDP test. A
-    launcher such as torchrun would report that as a failed run.
+    active exception") after training succeeded: seen once in a ``.ci/run`` of ``tests/training/test_fsdp.py``
+    (2 processes). A launcher such as torchrun would report that as a failed run.
     """
     def destroy() -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -65,17 +65,17 @@ def make_strategy(config: LoopConfig):
     DeepSpeed clips gradients inside its optimizer step (Fabric's ``clip_gradients`` refuses to), so
     ``grad_clip`` goes into its config; the loop then skips its own clipping (:func:`uses_deepspeed`).
     """
-    strategy = config.strategy
+    strategy, timeout = config.strategy, timedelta(seconds=config.ddp_timeout)
     if strategy == "single_device":  # not a name Fabric registers; its "auto" on one device is that strategy
         return "auto"
     if strategy == "auto" and config.devices * config.num_nodes > 1:
         strategy = "ddp"
     if strategy == "ddp":
-        return registered_strategy("ddp", timeout=timedelta(seconds=config.ddp_timeout))
+        return registered_strategy("ddp", timeout=timeout)
     if strategy == "fsdp":
-        return fsdp_strategy(config.devices * config.num_nodes, timeout=timedelta(seconds=config.ddp_timeout))
+        return fsdp_strategy(config.devices * config.num_nodes, timeout=timeout)
     if strategy.startswith("deepspeed"):
-        deepspeed = registered_strategy(strategy, timeout=timedelta(seconds=config.ddp_timeout))
+        deepspeed = registered_strategy(strategy, timeout=timeout)
         deepspeed.config["gradient_clipping"] = config.grad_clip
         if strategy.endswith("_offload"):
             # Offloading wants DeepSpeed's own CPU Adam unless told otherwise; torch's fused CPU AdamW (what

@@ -170,8 +170,8 @@ def load_model(
     if is_hf_directory(hub_dir):
         # A Hugging Face directory's metadata is not ours: its sequence length stands for ctx_len, and its
         # generation_config.json holds transformers' fields, not our stop strings.
-        state, config = load_hf_directory(hub_dir)
-        hub_config = {"ctx_len": read_json(hub_dir / CONFIG_FILE).get("max_position_embeddings", DEFAULT_CTX_LEN)}
+        state, config, data = load_hf_directory(hub_dir)
+        hub_config = {"ctx_len": data.get("max_position_embeddings", DEFAULT_CTX_LEN)}
     else:
         state, config = load_rwkv7_weights(find_weights_file(path))
         if hub_dir.is_dir():

@@ -37,8 +37,9 @@ def is_hf_directory(path: str | os.PathLike) -> bool:
     return Path(path).is_dir() and config.is_file() and is_hf_config(read_json(config))
 
 
-def load_hf_directory(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], RWKV7Config]:
-    """An fla-layout directory's tensors as an official state dict and the architecture they imply. Layer
+def load_hf_directory(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], RWKV7Config, dict[str, Any]]:
+    """An fla-layout directory's tensors as an official state dict, the architecture they imply and its
+    ``config.json``. Layer
     0's ``v0``/``v1``/``v2``, which the layout does not carry and no runtime reads, get RWKV-LM's initial
     values (in the file's dtype), so that what is saved from it loads strictly in RWKV-LM.
 
@@ -71,7 +72,7 @@ def load_hf_directory(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     dtype = state["emb.weight"].dtype
     for name, value in value_lora_init(config, 0, seed=0).items():
         state[f"blocks.0.att.{name}"] = value.to(dtype)
-    return state, config
+    return state, config, data
 
 
 def read_tensors(directory: Path) -> dict[str, torch.Tensor]:

@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from rwkvtune.hub.files import CONFIG_FILE, TOKENIZER_CONFIG_FILE, VOCAB_FILE, atomic_write, read_json, write_json
-from rwkvtune.hub.hf_layout import is_hf_config
+from rwkvtune.hub.files import TOKENIZER_CONFIG_FILE, VOCAB_FILE, atomic_write, read_json, write_json
+from rwkvtune.hub.hf_directory import is_hf_directory
 from rwkvtune.tokenizer import WorldTokenizer, render_chat
 from rwkvtune.tokenizer.vocab import DEFAULT_VOCAB_DIGEST, DEFAULT_VOCAB_PATH, load_vocab, table_digest
 
@@ -78,7 +78,7 @@ def load_tokenizer(path: str | os.PathLike) -> WorldTokenizer:
     named = settings.get("vocab_file")
     candidates = ([named] if isinstance(named, str) and (hub_dir / named).is_file() else []) + list(VOCAB_NAMES)
     vocab = next((hub_dir / name for name in candidates if (hub_dir / name).is_file()), None)
-    foreign = is_hf_config(read_json(hub_dir / CONFIG_FILE)) if (hub_dir / CONFIG_FILE).is_file() else False
+    foreign = is_hf_directory(hub_dir)
     if vocab is None:
         if foreign and (hub_dir / "tokenizer.json").is_file():
             raise ValueError(f"{hub_dir / 'tokenizer.json'} is a Hugging Face tokenizer, not the RWKV World vocabulary "
