@@ -13,7 +13,7 @@ PACKAGE = Path(rwkvtune.__file__).parent
 # only (equal: within the same layer). The package root (rwkvtune/__init__.py) is the public facade.
 LAYERS = {
     "version": 0, "config": 1, "tokenizer": 1, "ops": 2, "model": 3, "hub": 4, "peft": 5,
-    "data": 5, "generation": 5, "grpo": 6, "engine": 7, "training": 8, "cli": 9,
+    "data": 5, "generation": 5, "grpo": 6, "dpo": 6, "engine": 7, "training": 8, "cli": 9,
 }
 
 # Deliberate upward imports, by module path and imported subpackage: ``RWKV7.generate`` and

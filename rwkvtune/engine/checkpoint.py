@@ -16,7 +16,7 @@ import os
 import random
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,11 +34,17 @@ CONFIG_FILE = "train_config.json"
 @dataclass
 class TrainProgress:
     """Where training stands: ``step`` optimizer steps done; ``epoch`` and ``window`` (optimizer steps
-    already taken in that epoch) locate the next batch."""
+    already taken in that epoch) locate the next batch. ``total_steps``: the run's optimizer steps, which
+    ``engine.loop.fit`` sets when it starts (derived from the plan and the config, so not saved)."""
 
     step: int = 0
     epoch: int = 0
     window: int = 0
+    total_steps: int = 0
+
+    def saved(self) -> dict[str, int]:
+        """What a checkpoint records of it (``state.pt`` and ``trainer_state.json``)."""
+        return {"step": self.step, "epoch": self.epoch, "window": self.window}
 
 
 def rng_state() -> dict[str, Any]:
@@ -94,7 +100,7 @@ def save_checkpoint(fabric, output_dir: Path, name: str, *, model, optimizer, pr
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     fabric.barrier()
-    state = {"model": model, "optimizer": optimizer, "progress": asdict(progress), "rng": rng_state(),
+    state = {"model": model, "optimizer": optimizer, "progress": progress.saved(), "rng": rng_state(),
              "trainable_only": trainable_only}
     keep_names = trainable_names(model) if trainable_only else None
     fabric.save(staging / STATE_FILE, state,
@@ -103,7 +109,7 @@ def save_checkpoint(fabric, output_dir: Path, name: str, *, model, optimizer, pr
         if export is not None:
             export(staging)
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        (staging / TRAINER_STATE_FILE).write_text(json.dumps(asdict(progress), indent=2) + "\n")
+        (staging / TRAINER_STATE_FILE).write_text(json.dumps(progress.saved(), indent=2) + "\n")
         for path in staging.rglob("*"):
             if path.is_file():
                 with open(path, "rb") as f:

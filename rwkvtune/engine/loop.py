@@ -121,6 +121,9 @@ def fit(
     and pretraining; a GRPO rollout workload). ``evaluate`` runs every ``eval_steps`` optimizer steps, or
     at each epoch end when that is 0.
 
+    ``progress`` is advanced in place; its ``total_steps`` is set to the run's optimizer steps before the
+    first window (what a workload reads for it).
+
     ``trainable_only`` and ``export`` shape every checkpoint (see ``save_checkpoint``): an adapter run
     saves its trained tensors and its adapter files, not the frozen base.
 
@@ -132,6 +135,7 @@ def fit(
     if steps == 0:
         raise ValueError(f"no optimizer step fits: too few rows for micro_bsz={config.micro_bsz} on {world} "
                          "process(es)")
+    progress.total_steps = steps
     bar = tqdm(total=steps, initial=progress.step, disable=not fabric.is_global_zero, dynamic_ncols=True,
                desc="train")
     last: dict[str, float] = {}

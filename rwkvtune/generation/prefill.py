@@ -1,15 +1,16 @@
 """Prefill prompts of different lengths through the parallel forward, with no padding in any state.
 
 RWKV has no attention mask: every token that enters a row changes its state (spec pitfall 12), so a
-padded batch would corrupt the shorter prompts. Instead prompts are sorted by length and run in rounds:
-all rows that still have prompt tokens advance together by ``min(chunk, shortest remaining)`` tokens,
-and a row whose prompt is done leaves the batch with its state. Every row sees exactly its own tokens.
-The number of forward calls per batch is at most the number of distinct lengths plus the extra chunks
-of the longest prompt.
+padded batch would corrupt the shorter prompts. The prompts are read in the length-sorted rounds of
+``model.continuations.read_prompts`` (the same rounds as the trainers' prompt-once scoring): every row sees
+exactly its own tokens, and the number of forward calls per batch is at most the number of distinct
+lengths plus the extra chunks of the longest prompt. Only rows that finish in a round get logits, and only
+at their last token.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from rwkvtune.model import RWKVState
+from rwkvtune.model.continuations import read_prompts
 
 
 def prefill(
@@ -43,45 +45,9 @@ def prefill(
         predicting the token after it, in the order of ``prompts``.
     """
     device = device if device is not None else _model_device(model)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    group_size = len(order) if max_batch_size == -1 else max_batch_size
-    states: list[RWKVState] = []
-    logits: list[torch.Tensor] = []
-    for start in range(0, len(order), group_size):
-        group = [prompts[i] for i in order[start:start + group_size]]
-        group_state, group_logits = _prefill_sorted(model, group, chunk_size, device)
-        states.append(group_state)
-        logits.append(group_logits)
-    # Back from length order to the caller's order.
-    unsort = torch.empty(len(order), dtype=torch.long)
-    unsort[torch.tensor(order)] = torch.arange(len(order))
-    unsort = unsort.to(device)
-    return RWKVState.cat(states).select(unsort), torch.cat(logits)[unsort]
-
-
-def _prefill_sorted(model: nn.Module, prompts: Sequence[Sequence[int]], chunk_size: int,
-                    device: torch.device) -> tuple[RWKVState, torch.Tensor]:
-    """``prefill`` for prompts sorted by length (shortest first): ``(state [G], logits [G, V])``.
-
-    Rows that still have tokens are always a suffix ``prompts[first:]`` and all stand at ``position``.
-    """
-    start = getattr(model, "initial_state", None) or model.zero_state
-    state = start(len(prompts))
-    done_states: list[RWKVState] = []
-    done_logits: list[torch.Tensor] = []
-    first, position = 0, 0
-    while first < len(prompts):
-        length = min(chunk_size, len(prompts[first]) - position)
-        ids = torch.tensor([p[position:position + length] for p in prompts[first:]], device=device)  # [G', T]
-        position += length
-        n_done = sum(1 for p in prompts[first:] if len(p) == position)
-        last_logits, state = _forward(model, ids, state, n_done)
-        if n_done:
-            done_states.append(state.select(slice(0, n_done)))
-            done_logits.append(last_logits)
-            state = state.select(slice(n_done, None))
-            first += n_done
-    return RWKVState.cat(done_states), torch.cat(done_logits)
+    initial_state = getattr(model, "initial_state", None) or model.zero_state
+    return read_prompts(prompts, initial_state=initial_state, advance=functools.partial(_forward, model),
+                        chunk_size=chunk_size, max_batch_size=max_batch_size, device=device)
 
 
 def _forward(model: nn.Module, ids: torch.Tensor, state: RWKVState,

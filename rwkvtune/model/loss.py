@@ -94,11 +94,11 @@ def chunked_token_logprobs(
 
     Args:
         hidden: ``[B, T, C]`` final hidden states.
-        head: the output projection (called as a module, so adapters on it take part).
+        head: the output projection (an adapter on it takes part: it is called as a module).
         targets: ``[B, T]``: the token position ``t`` is scored against (already shifted); ``-100``: skip.
         temperature: the logits are divided by it before the softmax (the sampling temperature).
-        chunk_size: scored positions per head chunk; under autograd each chunk is recomputed in backward,
-            so no ``[chunk, V]`` logits are kept.
+        chunk_size: scored positions per head chunk. No ``[positions, V]`` tensor is kept for backward:
+            each chunk's logits are formed again there.
 
     Returns:
         ``(logprobs, entropies)``, both ``[B, T]`` in float32 (float64 for a float64 model) and 0 at
@@ -107,17 +107,24 @@ def chunked_token_logprobs(
     keep = targets != IGNORE_INDEX
     rows, wanted = hidden[keep], targets[keep]                                   # [N, C], [N]
     dtype = torch.promote_types(hidden.dtype, torch.float32)
-    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
-    pieces = []
-    for start in range(0, wanted.numel(), chunk_size):
-        args = (head, rows[start:start + chunk_size], wanted[start:start + chunk_size], temperature)
-        pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if needs_grad else _chunk_logprobs(*args))
-    logprobs = hidden.new_zeros(targets.shape, dtype=dtype)
-    entropies = hidden.new_zeros(targets.shape, dtype=dtype)
-    if pieces:
-        logprobs = logprobs.masked_scatter(keep, torch.cat([lp for lp, _ in pieces]))
-        entropies = entropies.masked_scatter(keep, torch.cat([h for _, h in pieces]))
-    return logprobs, entropies
+    if type(head) is nn.Linear and head.bias is None and not hasattr(head.weight, "ds_id"):
+        device = rows.device.type
+        matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
+        logprobs, entropies = _FusedTokenLogprobs.apply(rows, head.weight, wanted, temperature, chunk_size,
+                                                        matmul_dtype)
+    else:
+        needs_grad = torch.is_grad_enabled() and (rows.requires_grad or any(p.requires_grad for p in head.parameters()))
+        pieces = []
+        for start in range(0, wanted.numel(), chunk_size):
+            args = (head, rows[start:start + chunk_size], wanted[start:start + chunk_size], temperature)
+            pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if needs_grad
+                          else _chunk_logprobs(*args))
+        empty = rows.new_zeros((0,), dtype=dtype)
+        logprobs = torch.cat([lp for lp, _ in pieces]) if pieces else empty
+        entropies = torch.cat([h for _, h in pieces]) if pieces else empty
+    scattered_logprobs = hidden.new_zeros(targets.shape, dtype=dtype).masked_scatter(keep, logprobs.to(dtype))
+    scattered_entropies = hidden.new_zeros(targets.shape, dtype=dtype).masked_scatter(keep, entropies.to(dtype))
+    return scattered_logprobs, scattered_entropies
 
 
 def _chunk_logprobs(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
@@ -128,6 +135,123 @@ def _chunk_logprobs(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor
     logprobs = logits.gather(1, targets[:, None]).squeeze(1) - log_z
     entropies = log_z - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)              # H = log Z - E[z]
     return logprobs, entropies
+
+
+class _FusedTokenLogprobs(torch.autograd.Function):
+    """``log p(targets_i)`` and the entropy ``H_i`` of ``softmax(hidden_i @ weight^T / temperature)``.
+
+    ``hidden`` ``[N, C]``, ``weight`` ``[V, C]``, ``targets`` ``[N]`` -> ``(logprobs [N], entropies [N])``
+    in float32 (float64 for float64 matmuls). The loss on them is not known in the forward pass (a policy
+    gradient weighs each token by its advantage), so unlike the cross-entropy the gradient cannot be formed
+    there: backward forms each chunk's logits again and writes ``d/dz`` in their place, with
+    ``d logp_i / dz = onehot - p`` and ``d H / dz = -p (log p + H)``. Only ``hidden``, ``weight`` and two
+    numbers per position are kept between the passes, and every chunk reuses the same ``[chunk, V]``
+    buffers (fresh ones cost a page fault per 4 KiB on a CPU).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature, chunk_size, dtype):  # type: ignore[override]
+        compute = torch.float64 if dtype == torch.float64 else torch.float32
+        n = targets.numel()
+        logprobs = torch.empty(n, dtype=compute, device=hidden.device)
+        entropies = torch.empty(n, dtype=compute, device=hidden.device)
+        log_z = torch.empty(n, dtype=compute, device=hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False):
+            buffers = _LogitBuffers(hidden, weight, chunk_size, dtype, compute)
+            for start in range(0, n, chunk_size):
+                part = slice(start, start + chunk_size)
+                z = buffers.logits(hidden[part], temperature)                                  # [n, V]
+                target_z = z.gather(1, targets[part, None]).squeeze(1)
+                peak = z.amax(dim=-1, keepdim=True)
+                shifted = z.sub_(peak)
+                probs = buffers.spare(len(target_z)).copy_(shifted).exp_()
+                mass = probs.sum(dim=-1)
+                # E[z] - peak, as a batched dot product (no third [n, V] tensor)
+                expected = torch.bmm(probs.unsqueeze(1), shifted.unsqueeze(2)).view(-1) / mass
+                log_z[part] = peak.squeeze(1) + mass.log()
+                logprobs[part] = target_z - log_z[part]
+                entropies[part] = mass.log() - expected                                        # log Z - E[z]
+        ctx.save_for_backward(hidden, weight, targets, log_z, entropies)
+        ctx.temperature, ctx.chunk_size, ctx.dtype = temperature, chunk_size, dtype
+        ctx.set_materialize_grads(False)
+        return logprobs, entropies
+
+    @staticmethod
+    def backward(ctx, grad_logprobs, grad_entropies):  # type: ignore[override]
+        hidden, weight, targets, log_z, entropies = ctx.saved_tensors
+        want_hidden, want_weight = ctx.needs_input_grad[:2]
+        if grad_logprobs is None and grad_entropies is None or not (want_hidden or want_weight):
+            return None, None, None, None, None, None
+        compute = log_z.dtype
+        n = targets.numel()
+        grad_logprobs = grad_logprobs if grad_logprobs is not None else log_z.new_zeros(n)
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=compute, device=weight.device) if want_weight else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            buffers = _LogitBuffers(hidden, weight, ctx.chunk_size, ctx.dtype, compute)
+            for start in range(0, n, ctx.chunk_size):
+                part = slice(start, start + ctx.chunk_size)
+                rows = torch.arange(len(targets[part]), device=targets.device)
+                log_p = buffers.logits(hidden[part], ctx.temperature).sub_(log_z[part, None])  # [n, V]
+                probs = buffers.spare(len(rows)).copy_(log_p).exp_()
+                gl = grad_logprobs[part, None].to(compute)
+                if grad_entropies is None:
+                    dz = probs.mul_(-gl)                                                        # -p gl
+                else:
+                    # -p (gl + gH (log p + H)), written over log p
+                    gh = grad_entropies[part, None].to(compute)
+                    dz = log_p.add_(entropies[part, None]).mul_(gh).add_(gl).mul_(probs).neg_()
+                dz[rows, targets[part]] += gl.squeeze(1)                                       # + gl onehot
+                dz.div_(ctx.temperature)
+                g = buffers.low(dz)
+                if want_hidden:
+                    grad_hidden[part] = g @ buffers.weight
+                if want_weight:
+                    grad_weight += buffers.weight_grad(g, hidden[part])
+        grad_weight = grad_weight.to(weight.dtype) if want_weight else None
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+class _LogitBuffers:
+    """The ``[chunk, V]`` buffers of one pass over a head, reused by every chunk.
+
+    Matrix products run in ``dtype`` (the autocast dtype, else the weight's); the softmax in ``compute``
+    (float32, float64 for float64 models).
+    """
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, chunk_size: int, dtype: torch.dtype,
+                 compute: torch.dtype):
+        rows = max(min(chunk_size, hidden.shape[0]), 1)
+        self.weight = weight.to(dtype)
+        self.dtype = dtype
+        self.main = hidden.new_empty((rows, weight.shape[0]), dtype=compute)
+        self.other = hidden.new_empty((rows, weight.shape[0]), dtype=compute)
+        self.low_buffer = hidden.new_empty((rows, weight.shape[0]), dtype=dtype) if dtype != compute else None
+        self.product = None
+
+    def logits(self, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
+        """``hidden [n, C] @ weight^T / temperature`` in the main buffer ``[n, V]``."""
+        n = hidden.shape[0]
+        out = self.main[:n]
+        if self.low_buffer is not None:
+            out.copy_(torch.mm(hidden.to(self.dtype), self.weight.t(), out=self.low_buffer[:n]))
+        else:
+            torch.mm(hidden.to(self.dtype), self.weight.t(), out=out)
+        return out.div_(temperature) if temperature != 1.0 else out
+
+    def spare(self, n: int) -> torch.Tensor:
+        """The second ``[n, V]`` buffer."""
+        return self.other[:n]
+
+    def low(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` in the matmul dtype (a copy in the low-precision buffer when that differs)."""
+        return values if self.low_buffer is None else self.low_buffer[:values.shape[0]].copy_(values)
+
+    def weight_grad(self, g: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """``g^T [V, n] @ hidden [n, C]`` (in the matmul dtype; the caller sums in the compute dtype)."""
+        if self.product is None:
+            self.product = torch.empty(self.weight.shape, dtype=self.dtype, device=self.weight.device)
+        return torch.mm(g.t(), hidden.to(self.dtype), out=self.product)
 
 
 def _chunk_loss_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

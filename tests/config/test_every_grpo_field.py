@@ -13,6 +13,7 @@ import torch
 from checkpoints import random_state_dict, tiny_config
 from probing import probe_registry
 from rwkvtune.config.train import LoopConfig
+from rwkvtune.grpo import sampling
 from rwkvtune.hub import AutoModel
 from rwkvtune.training import GRPOConfig, GRPOTrainer
 from rwkvtune.training import grpo as grpo_module
@@ -52,9 +53,8 @@ def run(path: Path, rewards=length_reward, **overrides) -> tuple[list[dict], lis
 
 
 def plan(**overrides) -> list[list[dict]]:
-    trainer = GRPOTrainer(model(), length_reward, GRPOConfig(**{**BASE, **overrides}), train_dataset=PROMPTS * 2)
-    trainer._prepare_data()
-    return grpo_module._Rollouts(trainer, None, None, None, None).plan(0, 0, 1)
+    return grpo_module.plan_rollout_windows(len(PROMPTS * 2), GRPOConfig(**{**BASE, **overrides}), epoch=0, rank=0,
+                                            world_size=1)
 
 
 @probe("micro_bsz", "steps_per_generation", "num_iterations")
@@ -64,6 +64,7 @@ def _batching(tmp: Path) -> None:
     items = [item for window in plan(steps_per_generation=2, num_iterations=3) for item in window]
     assert len(items) == 24 and [item["slice"] for item in items[:6]] == [0, 1, 0, 1, 0, 1]
     assert {item["rollout"] for item in items[:6]} == {0}
+    assert [item["prompts"] for item in items[:2]] == [(0, 1), (1, 2)]  # each slice's prompts in its rollout
 
 
 @probe("num_generations", "max_completion_length")
@@ -82,18 +83,18 @@ def _prompt_length(tmp: Path) -> None:
        "max_decode_batch_size")
 def _sampling(tmp: Path) -> None:
     seen = {}
-    original = grpo_module.generate
+    original = sampling.generate
 
     def spy(model, prompts, params, tokenizer, **kwargs):
         seen.update(params=params, **kwargs)
         return original(model, prompts, params, tokenizer, **kwargs)
 
-    grpo_module.generate = spy
+    sampling.generate = spy
     try:
         metrics, _ = run(tmp / "a", top_k=1, repetition_penalty=1.3, temperature=0.5, top_p=0.9,
                          prefill_chunk_size=3, max_prefill_batch_size=1, max_decode_batch_size=2)
     finally:
-        grpo_module.generate = original
+        sampling.generate = original
     params = seen["params"]
     assert (params.top_k, params.repetition_penalty, params.temperature, params.top_p) == (1, 1.3, 0.5, 0.9)
     assert (seen["prefill_chunk_size"], seen["max_prefill_batch_size"], seen["max_decode_batch_size"]) == (3, 1, 2)
@@ -111,8 +112,7 @@ def _loss_settings(tmp: Path) -> None:
                   use_bias_correction_kl=False, top_entropy_quantile=0.5, off_policy_mask_threshold=0.1,
                   entropy_coef=0.02, sapo_temperature_pos=1.5, sapo_temperature_neg=1.6, vespo_k_pos=2.5,
                   vespo_lambda_pos=3.5, vespo_k_neg=3.5, vespo_lambda_neg=2.5)
-    trainer = GRPOTrainer(model(), length_reward, GRPOConfig(**{**BASE, **values}), train_dataset=PROMPTS)
-    settings = grpo_module._Rollouts(trainer, None, None, None, None).settings
+    settings = grpo_module.loss_settings(GRPOConfig(**{**BASE, **values}))
     assert {name: getattr(settings, name) for name in values} == values
     metrics, _ = run(tmp, entropy_coef=0.5)
     assert metrics[0]["entropy_coef"] == 0.5 and "policy_loss" in metrics[0]
@@ -131,8 +131,8 @@ def _advantages(tmp: Path) -> None:
 @probe("advantage_clip", "low_reward_threshold", "low_reward_scale")
 def _advantage_shaping(tmp: Path) -> None:
     config = GRPOConfig(num_generations=2, advantage_clip=0.5, low_reward_threshold=1.0, low_reward_scale=0.1)
-    shaped = grpo_module._shape_advantages(torch.tensor([2.0, -2.0, 0.8, -0.8]),
-                                           torch.tensor([0.9, 0.1, 3.0, 1.0]), config)
+    shaped = sampling.shape_advantages(torch.tensor([2.0, -2.0, 0.8, -0.8]),
+                                       torch.tensor([0.9, 0.1, 3.0, 1.0]), config)
     assert shaped.tolist() == pytest.approx([0.2, -0.2, 0.5, -0.5])  # group 0's best (0.9) < 1: x0.1
 
 
@@ -169,19 +169,19 @@ def _log_completions(tmp: Path) -> None:
 @probe("logprob_batch_size")
 def _logprob_batch_size(tmp: Path) -> None:
     calls = []
-    original = grpo_module.score_completions
+    original = grpo_module.score_continuations
 
     def spy(model, prompt_ids, *args, **kwargs):
         calls.append(len(prompt_ids))
         return original(model, prompt_ids, *args, **kwargs)
 
-    grpo_module.score_completions = spy
+    grpo_module.score_continuations = spy
     try:
         whole, _ = run(tmp / "a", micro_bsz=2)
         whole_calls, calls[:] = list(calls), []
         split, _ = run(tmp / "b", micro_bsz=2, logprob_batch_size=4)
     finally:
-        grpo_module.score_completions = original
+        grpo_module.score_continuations = original
     assert whole_calls == [2] and calls == [1, 1]  # one forward of 2 prompt groups, then two of one
     assert split[0]["loss"] == pytest.approx(whole[0]["loss"], abs=1e-6)
 

@@ -183,7 +183,7 @@ def test_completions_without_any_reward_are_warned_about_once_per_rollout(tmp_pa
         return [None if i % 2 else 1.0 for i in range(len(completions))]
 
     config = GRPOConfig(output_dir=str(tmp_path), max_steps=2, **FAST)
-    with caplog.at_level(logging.WARNING, logger="rwkvtune.training.grpo"):
+    with caplog.at_level(logging.WARNING, logger="rwkvtune.grpo.sampling"):
         result = GRPOTrainer(model(), every_other, config, train_dataset=prompts()).train()
     assert result["step"] == 2  # half the completions have a reward: a warning, not an error
     warnings = [r.getMessage() for r in caplog.records if "have no reward" in r.getMessage()]
@@ -215,7 +215,8 @@ def test_dataset_columns_and_conversational_prompts_reach_the_rewards(tmp_path):
     seen = {}
 
     def check(prompts, completions, completion_ids, answer, trainer_state, **kwargs):
-        seen.update(prompts=prompts, completions=completions, answer=answer, step=trainer_state.global_step)
+        seen.update(prompts=prompts, completions=completions, answer=answer, step=trainer_state.global_step,
+                    max_steps=trainer_state.max_steps)
         return [None if i % 2 else 1.0 for i in range(len(completions))]  # None: does not apply
 
     data = [{"prompt": [{"role": "user", "content": f"add {i}"}], "answer": str(i)} for i in range(2)]
@@ -224,7 +225,7 @@ def test_dataset_columns_and_conversational_prompts_reach_the_rewards(tmp_path):
     assert first in ([{"role": "user", "content": "add 0"}], [{"role": "user", "content": "add 1"}])
     assert seen["prompts"] == [first] * 4 and seen["answer"] == [first[0]["content"][-1]] * 4
     assert seen["completions"][0][0]["role"] == "assistant"
-    assert seen["step"] == 0
+    assert seen["step"] == 0 and seen["max_steps"] == 1
 
 
 def test_postprocess_hook_output_is_what_rewards_and_loss_see(tmp_path):

@@ -7,7 +7,7 @@ import torch
 
 from checkpoints import random_state_dict, tiny_config
 from rwkvtune.generation import SamplingParams, generate, pad_completions
-from rwkvtune.grpo.scoring import score_completions
+from rwkvtune.model.continuations import score_continuations
 from rwkvtune.model import RWKV7
 
 CONFIG = tiny_config(n_layer=2, n_embd=64, vocab_size=400, dim_ffn=256, dim_decay_lora=32, dim_iclr_lora=32,
@@ -34,8 +34,8 @@ def test_scores_equal_the_engines_sampling_logprobs():
         padded = sampled(m, temperature)
         assert padded.mask.sum() > 3 * G and not padded.mask.all()  # ragged completions
         with torch.no_grad():
-            logprobs, entropies = score_completions(m, PROMPTS, padded.token_ids, padded.mask, num_generations=G,
-                                                    temperature=temperature)
+            logprobs, entropies = score_continuations(m, PROMPTS, padded.token_ids, padded.mask, per_prompt=G,
+                                                      temperature=temperature)
         assert (logprobs - padded.logprobs).abs().max() <= 1e-4
         assert (entropies[padded.mask] > 0).all() and (entropies[~padded.mask] == 0).all()
 
@@ -43,7 +43,7 @@ def test_scores_equal_the_engines_sampling_logprobs():
 def test_shared_prompt_state_gives_the_gradient_of_scoring_each_row_alone():
     m = model()
     padded = sampled(m, 1.0)
-    logprobs, _ = score_completions(m, PROMPTS, padded.token_ids, padded.mask, num_generations=G)
+    logprobs, _ = score_continuations(m, PROMPTS, padded.token_ids, padded.mask, per_prompt=G)
     (logprobs * padded.mask).sum().backward()
     shared = {n: p.grad.clone() for n, p in m.named_parameters()}
     m.zero_grad()
