@@ -7,6 +7,7 @@ files of its own to each checkpoint.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Callable
@@ -82,6 +83,19 @@ class BaseTrainer:
     def trains_adapter(self) -> bool:
         """Whether the run trains an adapter (LoRA, a tuned state) on a frozen base rather than the model."""
         return base_model_of(self.model) is not self.model
+
+    def _starting_policy(self) -> nn.Module | None:
+        """The policy as training starts, kept as a reference (GRPO's KL, DPO): a frozen copy (full fine-tuning),
+        the starting state on the shared base (state tuning), or ``None`` for LoRA, whose base with the adapter
+        switched off is the starting policy without a second copy of the weights."""
+        base = base_model_of(self.model)
+        if not self.trains_adapter:
+            return frozen_for_reference(copy.deepcopy(base), self.args.precision)
+        if hasattr(self.model, "time_state"):
+            from rwkvtune.peft import StateTunedModel
+
+            return StateTunedModel(base, self.model.time_state.detach().clone()).requires_grad_(False)
+        return None
 
     # ---- what a subclass provides ---------------------------------------------------------------------
 
@@ -203,6 +217,14 @@ class BaseTrainer:
             # hub metadata gets the default.
             save_pretrained(self.model, path, tokenizer=self.tokenizer, state_dict=weights)
         logger.info("saved the final model to %s", path)
+
+
+def frozen_for_reference(model: nn.Module, precision: str) -> nn.Module:
+    """``model`` in eval mode without gradients, its tensors held as the policy's frozen ones are under
+    ``precision``, so that a reference equal to the starting policy scores exactly as the policy does at step 0."""
+    model = model.eval().requires_grad_(False)
+    hold_for_training(model, COMPUTE_DTYPES[precision])
+    return model
 
 
 def _start_point(output_dir: Path, config: LoopConfig) -> Path | None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -25,13 +27,12 @@ from rwkvtune.data.preferences import PreferencePair, prepare_preferences
 from rwkvtune.dpo import DPOLossSettings, dpo_loss
 from rwkvtune.engine.checkpoint import TrainProgress
 from rwkvtune.engine.loop import Workload, plan_windows
-from rwkvtune.engine.master_weights import hold_for_training
 from rwkvtune.engine.steps import Backprop, with_gradient_path
 from rwkvtune.hub import AutoModel
 from rwkvtune.model import base_model_of
 from rwkvtune.model.continuations import score_continuations
 from rwkvtune.tokenizer import WorldTokenizer
-from rwkvtune.training.base import COMPUTE_DTYPES, BaseTrainer
+from rwkvtune.training.base import BaseTrainer, frozen_for_reference
 
 logger = logging.getLogger(__name__)
 
@@ -87,36 +88,29 @@ class DPOTrainer(BaseTrainer):
         config = self.args
         if config.reference_free:
             return None
-        if self.ref_model is not None:
-            reference = self.ref_model
-            if isinstance(reference, (str, os.PathLike)):
-                reference = AutoModel.from_pretrained(reference, dtype="fp32")
-            elif not isinstance(base_model_of(reference), type(base)):
-                raise TypeError(f"ref_model must be a hub directory path or an RWKV7 model, got "
-                                f"{type(reference).__name__}")
-            else:
-                reference = copy.deepcopy(reference)  # held in the compute dtype below; the caller's stays as given
-            if base_model_of(reference).config.vocab_size != base.config.vocab_size:
-                raise ValueError(f"ref_model has a vocabulary of {base_model_of(reference).config.vocab_size} tokens, "
-                                 f"the policy {base.config.vocab_size}: they must share the tokenizer")
-        elif not self.trains_adapter:
-            reference = copy.deepcopy(base)
-        elif hasattr(self.model, "time_state"):
-            from rwkvtune.peft import StateTunedModel
-
-            return StateTunedModel(base, self.model.time_state.detach().clone()).requires_grad_(False)
+        if self.ref_model is None:
+            return self._starting_policy()
+        if isinstance(self.ref_model, (str, os.PathLike)):
+            reference = AutoModel.from_pretrained(self.ref_model, dtype="fp32")
+        elif isinstance(self.ref_model, nn.Module) and isinstance(base_model_of(self.ref_model), type(base)):
+            reference = copy.deepcopy(self.ref_model)  # held in the compute dtype; the caller's stays as given
         else:
-            return None
-        reference = reference.eval().requires_grad_(False)
-        # held as the policy's frozen weights are, so that at the first step the policy equals it
-        hold_for_training(reference, COMPUTE_DTYPES[config.precision])
-        return reference
+            raise TypeError(f"ref_model must be a hub directory path or an RWKV7 model, got "
+                            f"{type(self.ref_model).__name__}")
+        if base_model_of(reference).config.vocab_size != base.config.vocab_size:
+            raise ValueError(f"ref_model has a vocabulary of {base_model_of(reference).config.vocab_size} tokens, "
+                             f"the policy {base.config.vocab_size}: they must share the tokenizer")
+        return frozen_for_reference(reference, config.precision)
 
     def _workload(self, fabric, model, progress: TrainProgress) -> Workload:
         if self._reference is not None:
             self._reference = fabric.to_device(self._reference)
         model.mark_forward_method("score")  # scoring runs through Fabric's wrapper (autocast, DDP)
-        self._preferences = _Preferences(self, fabric, model)
+        self._preferences = _Preferences(self.args, self._pairs, fabric, model, reference=self._reference,
+                                         without_adapter=getattr(self.model, "disable_adapter", None))
+        if self.args.precompute_ref_log_probs:
+            self._preferences.precompute(self._eval_pairs)
+            self._reference = None  # a frozen copy is no longer needed: freed
         return self._preferences.workload()
 
     def _evaluation(self, fabric, model):
@@ -126,23 +120,21 @@ class DPOTrainer(BaseTrainer):
 
 
 class _Preferences:
-    """The DPO workload: micro-batches of pairs, their losses, the reference's log-probs and TRL's metrics."""
+    """The DPO workload: micro-batches of pairs, their losses, the reference's log-probs and TRL's metrics.
 
-    def __init__(self, trainer: DPOTrainer, fabric, model):
-        self.fabric, self.model, self.config = fabric, model, trainer.args
-        self.pairs: list[PreferencePair] = trainer._pairs
-        self.policy = trainer.model
-        c = self.config
-        self.settings = DPOLossSettings(beta=c.beta, loss_type=c.loss_types,
-                                        loss_weights=None if c.loss_weights is None else tuple(c.loss_weights),
-                                        label_smoothing=c.label_smoothing, discopop_tau=c.discopop_tau,
-                                        rpo_alpha=c.rpo_alpha, reference_free=c.reference_free)
-        self.reference = trainer._reference
-        self.precomputed: dict[int, torch.Tensor] = {}
-        if c.precompute_ref_log_probs:
-            self.precomputed = self._precompute(trainer._pairs, trainer._eval_pairs)
-            if not trainer.trains_adapter:
-                self.reference = trainer._reference = None  # a frozen copy is no longer needed: free it
+    ``model`` is Fabric's wrapper of the policy; ``reference`` the reference's own module, or ``None``: then
+    ``without_adapter`` (the policy's ``disable_adapter``) gives the reference, unless the run is reference-free.
+    """
+
+    def __init__(self, config: DPOConfig, pairs: list[PreferencePair], fabric, model, *,
+                 reference: nn.Module | None, without_adapter: Callable[[], AbstractContextManager[None]] | None):
+        self.config, self.pairs, self.fabric, self.model = config, pairs, fabric, model
+        self.reference, self.without_adapter = reference, without_adapter
+        self.settings = DPOLossSettings(beta=config.beta, loss_type=config.loss_types,
+                                        loss_weights=None if config.loss_weights is None else tuple(config.loss_weights),
+                                        label_smoothing=config.label_smoothing, discopop_tau=config.discopop_tau,
+                                        rpo_alpha=config.rpo_alpha, reference_free=config.reference_free)
+        self.precomputed: dict[str, torch.Tensor] = {}
         self._sums: dict[str, float] = {}
         self._counts: dict[str, float] = {}
 
@@ -206,19 +198,18 @@ class _Preferences:
             if self.reference is not None:
                 logps, _ = score_continuations(self.reference, prompts, ids, mask, per_prompt=2)
             else:  # LoRA: the base is the starting policy
-                with self.policy.disable_adapter():
+                with self.without_adapter():
                     logps, _ = score_continuations(self.model, prompts, ids, mask, per_prompt=2)
         sums = logps.float().sum(dim=1)
         return sums[0::2], sums[1::2]
 
-    def _precompute(self, pairs: list[PreferencePair],
-                    eval_pairs: list[PreferencePair] | None) -> dict[str, torch.Tensor]:
-        """``{"train": [n, 2], "eval": [m, 2]}`` reference log-probs (chosen, rejected) of every pair, each
-        process scoring its share and all gathering the rest."""
-        done = {"train": self._score_all(pairs)}
+    def precompute(self, eval_pairs: list[PreferencePair] | None) -> None:
+        """Score every training (and evaluation) pair under the reference now, each process its share, all
+        gathering the rest; the reference module is dropped afterwards."""
+        self.precomputed = {"train": self._score_all(self.pairs)}
         if eval_pairs is not None:
-            done["eval"] = self._score_all(eval_pairs)
-        return done
+            self.precomputed["eval"] = self._score_all(eval_pairs)
+        self.reference = None
 
     def _score_all(self, pairs: list[PreferencePair]) -> torch.Tensor:
         rank, world = self.fabric.global_rank, self.fabric.world_size

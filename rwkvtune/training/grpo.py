@@ -21,7 +21,6 @@ initial adapter).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import math
@@ -39,7 +38,6 @@ from rwkvtune.data.prompts import PromptRow, prepare_prompts
 from rwkvtune.engine.checkpoint import TrainProgress
 from rwkvtune.engine.data_order import epoch_micro_batches
 from rwkvtune.engine.loop import Workload
-from rwkvtune.engine.master_weights import hold_for_training
 from rwkvtune.engine.steps import Backprop, with_gradient_path
 from rwkvtune.grpo import GRPOLossSettings, grpo_loss
 from rwkvtune.grpo.records import append_records, rollout_records
@@ -51,7 +49,7 @@ from rwkvtune.grpo.sampling import PostprocessFn, RolloutSampler
 from rwkvtune.model import base_model_of
 from rwkvtune.model.continuations import score_continuations
 from rwkvtune.tokenizer import WorldTokenizer
-from rwkvtune.training.base import COMPUTE_DTYPES, BaseTrainer
+from rwkvtune.training.base import BaseTrainer
 
 # ROLLOUT_BUFFER_FILE and PostprocessFn: re-exported from where they live now (rwkvtune.grpo)
 __all__ = ["ROLLOUT_BUFFER_FILE", "GRPOTrainer", "PostprocessFn", "loss_settings", "plan_rollout_windows"]
@@ -111,17 +109,8 @@ class GRPOTrainer(BaseTrainer):
         self._prompts = prepare_prompts(self.train_dataset, tokenizer=self.tokenizer,
                                         max_prompt_length=self.args.max_prompt_length,
                                         vocab_size=base.config.vocab_size)
-        # The starting policy, for the KL: full fine-tuning keeps a frozen copy; state tuning the starting
-        # state beside the shared base; LoRA switches the adapter off (no second copy of the weights).
-        self._reference = None
-        if self.args.beta != 0 and not self.trains_adapter:
-            self._reference = copy.deepcopy(base).eval().requires_grad_(False)
-            # held as the policy's frozen weights would be, so that the first step's KL is 0
-            hold_for_training(self._reference, COMPUTE_DTYPES[self.args.precision])
-        elif self.args.beta != 0 and hasattr(self.model, "time_state"):
-            from rwkvtune.peft import StateTunedModel
-
-            self._reference = StateTunedModel(base, self.model.time_state.detach()).requires_grad_(False)
+        # the starting policy, for the KL (None with LoRA: the adapter is switched off)
+        self._reference = self._starting_policy() if self.args.beta != 0 else None
 
     def _workload(self, fabric, model, progress: TrainProgress) -> Workload:
         c, g = self.args, self.args.num_generations
