@@ -7,6 +7,7 @@ A micro-batch is ``micro_bsz`` pairs; each pair's prompt is read once and both a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from rwkvtune.config.train import STRATEGIES, LoopConfig, _booleans, _help, _integers
@@ -16,6 +17,8 @@ LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 #: Older TRL names of the same losses.
 LOSS_ALIASES = {"aot_pair": "aot_unpaired"}
+#: The losses that read ``label_smoothing`` (TRL 1.16's sigmoid has no cDPO smoothing).
+SMOOTHED_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
 #: The reference is a frozen copy, the adapter switched off or the starting state: not sharded.
 DPO_STRATEGIES = ("auto", "ddp", "single_device")
 
@@ -32,8 +35,8 @@ class DPOConfig(LoopConfig):
         f"One of {', '.join(LOSS_TYPES)} (aot_pair: the older name of aot_unpaired), or a list of them, summed "
         "with loss_weights.", "sigmoid")
     loss_weights: list[float] | None = _help("One weight per loss_type entry (None = all 1).", None)
-    label_smoothing: float = _help("The assumed probability that a pair's labels are flipped (robust, exo_pair, "
-                                   "aot, aot_unpaired; cDPO).", 0.0)
+    label_smoothing: float = _help("The assumed probability that a pair's labels are flipped; read by robust, "
+                                   "exo_pair, aot and aot_unpaired.", 0.0)
     discopop_tau: float = _help("discopop: temperature of the mixing between its logistic and exponential parts.",
                                 0.05)
     rpo_alpha: float | None = _help("Add rpo_alpha x the chosen answers' mean token NLL (RPO; the same as adding "
@@ -90,18 +93,24 @@ class DPOConfig(LoopConfig):
             elif len(self.loss_weights) != len(names):
                 problems.append(f"loss_weights has {len(self.loss_weights)} weights for {len(names)} loss types "
                                 f"({', '.join(names)}): give one weight per loss_type entry")
-        if not self.beta > 0:
-            problems.append(f"beta must be > 0, got {self.beta!r}")
+        if not 0 < self.beta < math.inf:
+            problems.append(f"beta must be a finite number > 0, got {self.beta!r}")
+        elif self.loss_weights is not None and all(isinstance(w, (int, float)) for w in self.loss_weights) and \
+                not all(math.isfinite(w) for w in self.loss_weights):
+            problems.append(f"loss_weights must be finite, got {self.loss_weights!r}")
         if not 0 <= self.label_smoothing < 0.5:
             problems.append(f"label_smoothing must be in [0, 0.5) (robust divides by 1 - 2 x label_smoothing), got "
                             f"{self.label_smoothing!r}")
+        if self.label_smoothing > 0 and not set(self.loss_types) & set(SMOOTHED_LOSSES):
+            problems.append(f"label_smoothing is read only by {', '.join(SMOOTHED_LOSSES)} (TRL 1.16's sigmoid "
+                            "has no label smoothing): add one of them to loss_type, or leave label_smoothing at 0")
         if "exo_pair" in self.loss_types and self.label_smoothing == 0:
             problems.append("loss_type 'exo_pair' needs label_smoothing > 0 (it takes the log of it); TRL suggests "
                             "1e-3")
-        if not self.discopop_tau > 0:
-            problems.append(f"discopop_tau must be > 0, got {self.discopop_tau!r}")
-        if self.rpo_alpha is not None and not self.rpo_alpha >= 0:
-            problems.append(f"rpo_alpha must be None or >= 0, got {self.rpo_alpha!r}")
+        if not 0 < self.discopop_tau < math.inf:
+            problems.append(f"discopop_tau must be a finite number > 0, got {self.discopop_tau!r}")
+        if self.rpo_alpha is not None and not 0 <= self.rpo_alpha < math.inf:
+            problems.append(f"rpo_alpha must be None or a finite number >= 0, got {self.rpo_alpha!r}")
         if self.reference_free and self.precompute_ref_log_probs:
             problems.append("reference_free has no reference to precompute: set precompute_ref_log_probs=False")
         if self.strategy in STRATEGIES and self.strategy not in DPO_STRATEGIES:

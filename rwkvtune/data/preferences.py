@@ -1,17 +1,19 @@
 """Preference pairs for DPO: a prompt, the answer preferred (``chosen``) and the one not (``rejected``).
 
-Three row forms, as TRL reads them:
+Three row forms, TRL's column names:
 
 - ``prompt``, ``chosen``, ``rejected`` strings: each tokenized on its own (as SFT's prompt/completion rows),
-  so that an answer is a token sequence that continues the prompt's state;
+  so that an answer is a token sequence that continues the prompt's state. No end token is appended (TRL
+  1.16 appends EOS): an answer ends with what it holds, e.g. the chat format's "\n\n";
 - conversational: ``prompt`` a list of messages, ``chosen`` and ``rejected`` lists of (assistant) messages,
   rendered with the chat template (the prompt ending in the generation prompt, each answer what the template
-  adds after it, its turn terminator included: what SFT trains on);
+  adds after it up to its last assistant message, turn terminator included: what SFT trains on);
 - pre-tokenized: ``prompt_input_ids``, ``chosen_input_ids``, ``rejected_input_ids``.
 
-Truncation is TRL's: a prompt keeps its last ``max_prompt_length`` tokens, an answer its first
-``max_completion_length``. A pair that cannot teach anything (an empty answer, or chosen equal to rejected)
-is an error naming the row, not something skipped silently.
+Truncation is that of TRL before 1.0 (1.16 cuts prompt + answer to ``max_length`` instead): a prompt keeps
+its last ``max_prompt_length`` tokens, an answer its first ``max_completion_length``. A row that cannot be
+read (a missing column, an empty prompt or answer) is an error naming it; a pair whose two answers are the
+same tokens (after truncation) holds no preference and is left out, with a warning naming it.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def prepare_preferences(dataset: Any, *, tokenizer: WorldTokenizer, vocab_size: 
     pairs: list[PreferencePair] = []
     problems: list[str] = []
     truncated_prompts = 0
+    same: list[int] = []
     for index, row in enumerate(source.iter_rows(wanted)):
         try:
             prompt, chosen, rejected = (_tokens(row, index, tokenizer, vocab_size) if wanted == TEXT_COLUMNS
@@ -75,9 +78,20 @@ def prepare_preferences(dataset: Any, *, tokenizer: WorldTokenizer, vocab_size: 
                 break
             continue
         truncated_prompts += len(pair.prompt_ids) < len(prompt)
-        pairs.append(pair)
+        if pair.chosen_ids == pair.rejected_ids:
+            same.append(index)
+        else:
+            pairs.append(pair)
     if problems:
         raise ValueError("invalid DPO rows:\n  - " + "\n  - ".join(problems))
+    if same:
+        cut = f" in their first max_completion_length={max_completion_length} tokens" \
+            if max_completion_length is not None else ""
+        logger.warning("left out %d of %d pairs whose chosen and rejected answers are the same%s (they hold no "
+                       "preference): rows %s", len(same), len(same) + len(pairs), cut,
+                       ", ".join(map(str, same[:10])) + (" ..." if len(same) > 10 else ""))
+    if not pairs:
+        raise ValueError("no DPO pair is left: every row's chosen and rejected answers are the same")
     if truncated_prompts:
         logger.warning("%d of %d prompts were longer than max_prompt_length=%d tokens and kept their last %d tokens "
                        "(TRL's truncation)", truncated_prompts, len(pairs), max_prompt_length, max_prompt_length)
@@ -136,11 +150,6 @@ def _truncated(prompt: list[int], chosen: list[int], rejected: list[int], max_pr
         prompt = prompt[-max_prompt_length:]
     if max_completion_length is not None:
         chosen, rejected = chosen[:max_completion_length], rejected[:max_completion_length]
-    if chosen == rejected:
-        cut = f" in their first max_completion_length={max_completion_length} tokens" \
-            if max_completion_length is not None else ""
-        raise ValueError(f"row {index}: chosen and rejected are the same answer{cut}; such a pair teaches nothing "
-                         "(its DPO gradient is 0): remove it or fix its answers")
     return PreferencePair(prompt, chosen, rejected)
 
 

@@ -157,7 +157,9 @@ class _FusedTokenLogprobs(torch.autograd.Function):
         entropies = torch.empty(n, dtype=compute, device=hidden.device)
         log_z = torch.empty(n, dtype=compute, device=hidden.device)
         with torch.autocast(hidden.device.type, enabled=False):
-            buffers = _LogitBuffers(hidden, weight, chunk_size, dtype, compute)
+            # (no buffers, not even the head's weight in the matmul dtype, for a forward that scores nothing:
+            # a prompt's forward in prompt-once scoring)
+            buffers = _LogitBuffers(hidden, weight, chunk_size, dtype, compute) if n else None
             for start in range(0, n, chunk_size):
                 part = slice(start, start + chunk_size)
                 z = buffers.logits(hidden[part], temperature)                                  # [n, V]
@@ -180,10 +182,10 @@ class _FusedTokenLogprobs(torch.autograd.Function):
     def backward(ctx, grad_logprobs, grad_entropies):  # type: ignore[override]
         hidden, weight, targets, log_z, entropies = ctx.saved_tensors
         want_hidden, want_weight = ctx.needs_input_grad[:2]
-        if grad_logprobs is None and grad_entropies is None or not (want_hidden or want_weight):
+        n = targets.numel()
+        if grad_logprobs is None and grad_entropies is None or not (want_hidden or want_weight) or n == 0:
             return None, None, None, None, None, None
         compute = log_z.dtype
-        n = targets.numel()
         grad_logprobs = grad_logprobs if grad_logprobs is not None else log_z.new_zeros(n)
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=compute, device=weight.device) if want_weight else None
@@ -207,7 +209,7 @@ class _FusedTokenLogprobs(torch.autograd.Function):
                 if want_hidden:
                     grad_hidden[part] = g @ buffers.weight
                 if want_weight:
-                    grad_weight += buffers.weight_grad(g, hidden[part])
+                    buffers.add_weight_grad(grad_weight, g, hidden[part])
         grad_weight = grad_weight.to(weight.dtype) if want_weight else None
         return grad_hidden, grad_weight, None, None, None, None
 
@@ -247,11 +249,16 @@ class _LogitBuffers:
         """``values`` in the matmul dtype (a copy in the low-precision buffer when that differs)."""
         return values if self.low_buffer is None else self.low_buffer[:values.shape[0]].copy_(values)
 
-    def weight_grad(self, g: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """``g^T [V, n] @ hidden [n, C]`` (in the matmul dtype; the caller sums in the compute dtype)."""
+    def add_weight_grad(self, grad_weight: torch.Tensor, g: torch.Tensor, hidden: torch.Tensor) -> None:
+        """``grad_weight += g^T [V, n] @ hidden [n, C]``: in place when the matmul runs in ``grad_weight``'s
+        dtype; else the product in the matmul dtype (one reused buffer: no mixed-dtype addmm on the CPU),
+        summed in the compute dtype."""
+        if grad_weight.dtype == self.dtype:
+            grad_weight.addmm_(g.t(), hidden.to(self.dtype))
+            return
         if self.product is None:
             self.product = torch.empty(self.weight.shape, dtype=self.dtype, device=self.weight.device)
-        return torch.mm(g.t(), hidden.to(self.dtype), out=self.product)
+        grad_weight += torch.mm(g.t(), hidden.to(self.dtype), out=self.product)
 
 
 def _chunk_loss_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@ Each pair's prompt is read once and both answers continue from its state
 (``model.continuations.score_continuations``): a pair costs one prompt forward, not the two a transformer
 trainer runs, and the answers' gradients meet in the one prompt pass. The reference is the starting policy:
 the base with the adapter switched off (LoRA), the starting state on the shared base (state tuning), or a
-frozen copy (full fine-tuning); or a model passed as ``ref_model``; or none (``reference_free``).
+frozen copy (full fine-tuning); or a model passed as ``ref_model``; or none (``reference_free``). A model
+passed in with an already trained adapter is compared with its base without that adapter (as TRL does).
 
 The loss of a micro-batch is TRL's batch loss (a mean over its pairs); an optimizer step averages its
 micro-batches and DDP averages over processes, as TRL's gradient accumulation does.
@@ -15,8 +16,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -29,7 +28,7 @@ from rwkvtune.engine.checkpoint import TrainProgress
 from rwkvtune.engine.loop import Workload, plan_windows
 from rwkvtune.engine.steps import Backprop, with_gradient_path
 from rwkvtune.hub import AutoModel
-from rwkvtune.model import base_model_of
+from rwkvtune.model import RWKV7, base_model_of
 from rwkvtune.model.continuations import score_continuations
 from rwkvtune.tokenizer import WorldTokenizer
 from rwkvtune.training.base import BaseTrainer, frozen_for_reference
@@ -92,7 +91,7 @@ class DPOTrainer(BaseTrainer):
             return self._starting_policy()
         if isinstance(self.ref_model, (str, os.PathLike)):
             reference = AutoModel.from_pretrained(self.ref_model, dtype="fp32")
-        elif isinstance(self.ref_model, nn.Module) and isinstance(base_model_of(self.ref_model), type(base)):
+        elif isinstance(self.ref_model, nn.Module) and isinstance(base_model_of(self.ref_model), RWKV7):
             reference = copy.deepcopy(self.ref_model)  # held in the compute dtype; the caller's stays as given
         else:
             raise TypeError(f"ref_model must be a hub directory path or an RWKV7 model, got "
@@ -107,7 +106,7 @@ class DPOTrainer(BaseTrainer):
             self._reference = fabric.to_device(self._reference)
         model.mark_forward_method("score")  # scoring runs through Fabric's wrapper (autocast, DDP)
         self._preferences = _Preferences(self.args, self._pairs, fabric, model, reference=self._reference,
-                                         without_adapter=getattr(self.model, "disable_adapter", None))
+                                         adapter_policy=self.model if hasattr(self.model, "disable_adapter") else None)
         if self.args.precompute_ref_log_probs:
             self._preferences.precompute(self._eval_pairs)
             self._reference = None  # a frozen copy is no longer needed: freed
@@ -123,13 +122,16 @@ class _Preferences:
     """The DPO workload: micro-batches of pairs, their losses, the reference's log-probs and TRL's metrics.
 
     ``model`` is Fabric's wrapper of the policy; ``reference`` the reference's own module, or ``None``: then
-    ``without_adapter`` (the policy's ``disable_adapter``) gives the reference, unless the run is reference-free.
+    ``adapter_policy`` (the LoRA-wrapped policy itself, not Fabric's wrapper) with its adapter switched off is
+    the reference, unless the run is reference-free. Reference passes need no gradient, so they bypass
+    Fabric's wrapper: under DDP a process may run more or fewer of them than the others (precomputing its
+    share) without meeting the wrapper's collectives.
     """
 
     def __init__(self, config: DPOConfig, pairs: list[PreferencePair], fabric, model, *,
-                 reference: nn.Module | None, without_adapter: Callable[[], AbstractContextManager[None]] | None):
+                 reference: nn.Module | None, adapter_policy: nn.Module | None):
         self.config, self.pairs, self.fabric, self.model = config, pairs, fabric, model
-        self.reference, self.without_adapter = reference, without_adapter
+        self.reference, self.adapter_policy = reference, adapter_policy
         self.settings = DPOLossSettings(beta=config.beta, loss_type=config.loss_types,
                                         loss_weights=None if config.loss_weights is None else tuple(config.loss_weights),
                                         label_smoothing=config.label_smoothing, discopop_tau=config.discopop_tau,
@@ -198,8 +200,8 @@ class _Preferences:
             if self.reference is not None:
                 logps, _ = score_continuations(self.reference, prompts, ids, mask, per_prompt=2)
             else:  # LoRA: the base is the starting policy
-                with self.without_adapter():
-                    logps, _ = score_continuations(self.model, prompts, ids, mask, per_prompt=2)
+                with self.adapter_policy.disable_adapter():
+                    logps, _ = score_continuations(self.adapter_policy, prompts, ids, mask, per_prompt=2)
         sums = logps.float().sum(dim=1)
         return sums[0::2], sums[1::2]
 
@@ -227,17 +229,18 @@ class _Preferences:
 
     @torch.no_grad()
     def evaluate(self, pairs: list[PreferencePair]) -> float:
-        """Mean DPO loss over ``pairs`` (every process evaluates all of them)."""
+        """The DPO loss over ``pairs``: the mean of its ``micro_bsz`` batches' losses, each weighted by its
+        pairs (every process evaluates all of them)."""
         was_training = self.model.training
         self.model.eval()
-        total, batches = 0.0, 0
+        total = 0.0
         for start in range(0, len(pairs), self.config.micro_bsz):
             indices = list(range(start, min(start + self.config.micro_bsz, len(pairs))))
             part = [pairs[i] for i in indices]
             loss, _, _ = self._loss(self.model, part, self._reference_logps(indices, part, train=False))
-            total, batches = total + float(loss), batches + 1
+            total += float(loss) * len(part)
         self.model.train(was_training)
-        return total / max(batches, 1)
+        return total / max(len(pairs), 1)
 
     def _record(self, terms, entropy: tuple[float, float]) -> None:
         """Add a micro-batch's per-pair values (TRL's metric names) to the sums since the last log."""

@@ -59,7 +59,8 @@ def summed_logps(m: torch.nn.Module, rows: list[dict]) -> torch.Tensor:
 
 
 def test_first_step_is_trls_formula_on_our_logprobs(tmp_path):
-    policy, reference = model(1), model(2)
+    policy, reference = model(1), RWKV7(CONFIG)  # a reference of another class than the policy's hub model
+    reference.load_state_dict(random_state_dict(CONFIG, seed=2))
     rows = pairs(2)
     mine, ref = summed_logps(policy, rows), summed_logps(reference, rows)
     config = DPOConfig(output_dir=str(tmp_path), beta=0.3, max_steps=1, **FAST)
@@ -108,17 +109,20 @@ def test_the_reference_is_the_starting_policy(tmp_path, setup):
     assert (tmp_path / "final" / written[setup]).is_file()
 
 
-def test_precomputed_reference_gives_the_same_run(tmp_path):
-    common = dict(max_steps=3, **FAST)
-    a, b = model(), model()
-    DPOTrainer(a, ref_model=model(5), args=DPOConfig(output_dir=str(tmp_path / "a"), **common),
-               train_dataset=pairs(6)).train()
-    DPOTrainer(b, ref_model=model(5), args=DPOConfig(output_dir=str(tmp_path / "b"), precompute_ref_log_probs=True,
-                                                     **common), train_dataset=pairs(6)).train()
+@pytest.mark.parametrize("setup", ["ref_model", "lora"])
+def test_precomputed_reference_gives_the_same_run(tmp_path, setup):
+    trained = []
+    for name, precompute in (("a", False), ("b", True)):
+        kwargs = dict(ref_model=model(5)) if setup == "ref_model" else dict(peft_config=LoraConfig(r=8, lora_alpha=16))
+        config = DPOConfig(output_dir=str(tmp_path / name), precompute_ref_log_probs=precompute, max_steps=3, **FAST)
+        trainer = DPOTrainer(model(), args=config, train_dataset=pairs(6), **kwargs)
+        trainer.train()
+        trained.append(trainer.model)
     one, two = records(tmp_path / "a" / "metrics.jsonl"), records(tmp_path / "b" / "metrics.jsonl")
     for key in ("loss", "rewards/chosen", "rewards/margins"):
         assert [r[key] for r in one] == pytest.approx([r[key] for r in two], abs=1e-6), key
-    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(a.parameters(), b.parameters()))
+    assert one[-1]["rewards/margins"] != 0
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(trained[0].parameters(), trained[1].parameters()))
 
 
 def test_reference_free_compares_with_zero(tmp_path):
@@ -202,8 +206,7 @@ def test_eval_dataset_logs_the_dpo_loss(tmp_path):
     ([{"prompt": "a", "chosen": "b", "rejected": None}], "row 0: 'rejected' is missing"),
     ([{"prompt": "a", "chosen": "", "rejected": "c"}], "row 0: 'chosen' is empty"),
     ([{"prompt": "", "chosen": "b", "rejected": "c"}], "row 0: the prompt is empty"),
-    ([{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "x", "chosen": " same", "rejected": " same"}],
-     "row 1: chosen and rejected are the same answer"),
+    ([{"prompt": "x", "chosen": " same", "rejected": " same"}], "no DPO pair is left"),
     ([{"prompt": "a", "chosen": "b", "rejected": ["c"]}], "must all be strings or all be lists of messages"),
 ])
 def test_bad_rows_are_named(tmp_path, rows, message):
@@ -222,17 +225,24 @@ def test_long_prompts_keep_their_last_tokens_and_answers_their_first(tmp_path, c
                                      max_completion_length=3)
     assert pair.prompt_ids == list(range(13, 21)) and pair.chosen_ids == [5, 6, 7] and pair.rejected_ids == [5, 6, 9]
     assert "1 of 1 prompts were longer than max_prompt_length=8" in caplog.text
-    with pytest.raises(ValueError, match="same answer in their first max_completion_length=2 tokens"):
-        prepare_preferences(rows, tokenizer=TOKENIZER, vocab_size=100, max_prompt_length=8, max_completion_length=2)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        kept = prepare_preferences(rows * 2 + [{**rows[0], "rejected_input_ids": [1]}], tokenizer=TOKENIZER,
+                                   vocab_size=100, max_prompt_length=8, max_completion_length=2)
+    assert len(kept) == 1 and kept[0].rejected_ids == [1]
+    assert "left out 2 of 3 pairs whose chosen and rejected answers are the same in their first " \
+           "max_completion_length=2 tokens (they hold no preference): rows 0, 1" in caplog.text
 
 
 def test_bad_settings_are_named():
     with pytest.raises(ValueError) as err:
         DPOConfig(loss_type=["sigmoid", "nope"], loss_weights=[1.0], beta=0, label_smoothing=0.5, strategy="fsdp")
     text = str(err.value)
-    for part in ("unknown loss_type 'nope'", "loss_weights has 1 weights for 2 loss types", "beta must be > 0",
-                 "label_smoothing must be in [0, 0.5)", "not 'fsdp'"):
+    for part in ("unknown loss_type 'nope'", "loss_weights has 1 weights for 2 loss types",
+                 "beta must be a finite number > 0", "label_smoothing must be in [0, 0.5)", "not 'fsdp'"):
         assert part in text, part
     assert DPOConfig(loss_type="aot_pair").loss_types == ("aot_unpaired",)
+    with pytest.raises(ValueError, match="label_smoothing is read only by robust"):
+        DPOConfig(loss_type="sigmoid", label_smoothing=0.1)  # would silently be plain DPO
     with pytest.raises(ValueError, match="not both"):
         DPOTrainer(model(), ref_model=model(), args=DPOConfig(reference_free=True), train_dataset=pairs())
