@@ -163,13 +163,15 @@ from rwkvtune.training import DPOConfig, DPOTrainer
 
 devices = int(sys.argv[2])
 config = DPOConfig(output_dir=sys.argv[1], devices=devices, accelerator="cpu", max_steps=2,
-                   **{**FAST, "micro_bsz": 2 // devices}, accumulate_grad_batches=1)
-DPOTrainer(model(), args=config, train_dataset=pairs(4)).train()
+                   precompute_ref_log_probs=sys.argv[4] == "precompute", **{**FAST, "micro_bsz": 2 // devices},
+                   accumulate_grad_batches=1)
+DPOTrainer(model(), ref_model=model(7), args=config, train_dataset=pairs(5)).train()
 """
 
 
-def test_two_process_ddp_equals_one_process(tmp_path):
-    run_on_one_and_two_processes(tmp_path, DDP_RUN)
+@pytest.mark.parametrize("reference", ["scored", "precompute"])
+def test_two_process_ddp_equals_one_process(tmp_path, reference):
+    run_on_one_and_two_processes(tmp_path, DDP_RUN, reference)
     one, two = records(tmp_path / "d1" / "metrics.jsonl"), records(tmp_path / "d2" / "metrics.jsonl")
     for key in ("loss", "rewards/chosen", "rewards/margins", "logps/chosen", "rewards/accuracies"):
         assert [r[key] for r in one] == pytest.approx([r[key] for r in two], abs=1e-5), key
