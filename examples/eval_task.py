@@ -47,6 +47,14 @@ def expected_exact_reward(model: torch.nn.Module, tokenizer: WorldTokenizer, row
     return total / len(rows)
 
 
+@torch.no_grad()
+def greedy_accuracy(model: torch.nn.Module, tokenizer: WorldTokenizer, rows: list[dict]) -> float:
+    """The share of ``rows`` (``make_prompts`` rows) whose greedy reply, stripped, is exactly the answer."""
+    prompts = [tokenizer.apply_chat_template(row["messages"], add_generation_prompt=True) for row in rows]
+    greedy = generate(model, prompts, SamplingParams(max_new_tokens=8, temperature=0.0), tokenizer)
+    return sum(c.text.strip() == row["answer"] for c, row in zip(greedy, rows)) / len(rows)
+
+
 def main() -> None:
     torch.set_num_threads(env("THREADS", 2, int))
     path = env("MODEL_PATH", None)
@@ -59,8 +67,7 @@ def main() -> None:
     n = env("NUM_SAMPLES", 8, int)
     sampled = generate(model, prompts, SamplingParams(n=n, max_new_tokens=8, temperature=1.0, seed=0), tokenizer)
     rewards = exact_answer([c.text for c in sampled], [row["answer"] for row in rows for _ in range(n)])
-    greedy = generate(model, prompts, SamplingParams(max_new_tokens=8, temperature=0.0), tokenizer)
-    accuracy = sum(c.text.strip() == row["answer"] for c, row in zip(greedy, rows)) / len(rows)
+    accuracy = greedy_accuracy(model, tokenizer, rows)
     print(f"{path}: expected reward {expected:.3f}, mean sampled reward {sum(rewards) / len(rewards):.3f}, "
           f"greedy accuracy {accuracy:.3f}")
 

@@ -2,7 +2,8 @@
 
 Three kinds of turns, each with one right answer a small RWKV-7 can learn on a CPU in minutes:
 add two small numbers, say a word twice, and name the next letter of the alphabet. The same turns serve
-GRPO as prompts with a verifiable answer (``make_prompts``, ``exact_answer``).
+GRPO as prompts with a verifiable answer (``make_prompts``, ``exact_answer``) and DPO as preference pairs, the
+right answer against a plausible wrong one (``make_preferences``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,34 @@ def make_prompts(n: int, seed: int = 1) -> list[dict]:
     for _ in range(n):
         question, answer = make_turn(rng)
         rows.append({"messages": [{"role": "user", "content": question}], "answer": answer})
+    return rows
+
+
+def wrong_answer(answer: str, rng: random.Random) -> str:
+    """A plausible wrong answer of the same kind as ``answer`` (a ``make_turn`` answer): a sum off by one or
+    two, the word once or three times or another word twice, or a letter near the right one."""
+    if answer.isdigit():
+        total = int(answer)
+        return str(rng.choice([x for x in (total - 2, total - 1, total + 1, total + 2) if x >= 0]))
+    if " " in answer:
+        word = answer.split()[0]
+        other = rng.choice([w for w in WORDS if w != word])
+        return rng.choice([word, f"{word} {word} {word}", f"{other} {other}"])
+    right = ord(answer)
+    return chr(rng.choice([c for c in (right - 2, right - 1, right + 1) if ord("a") <= c <= ord("z")]))
+
+
+def make_preferences(n: int, seed: int = 2) -> list[dict]:
+    """``n`` DPO rows in TRL's conversational form: ``{"prompt": [user], "chosen": [assistant: the right answer],
+    "rejected": [assistant: a wrong answer of the same kind]}`` (seed 2: other turns than the SFT rows' 0,
+    the GRPO prompts' 1 and eval_task's held-out 999)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        question, answer = make_turn(rng)
+        rows.append({"prompt": [{"role": "user", "content": question}],
+                     "chosen": [{"role": "assistant", "content": answer}],
+                     "rejected": [{"role": "assistant", "content": wrong_answer(answer, rng)}]})
     return rows
 
 
