@@ -83,6 +83,25 @@ def test_grpo_example_runs_and_the_workflow_script_parses(tmp_path):
         assert subprocess.run(["bash", "-n", str(EXAMPLES / script)]).returncode == 0
 
 
+def sft_on_the_bundled_task(output_dir: Path):
+    """``(model, tokenizer)``: a new L2-C128 after a short SFT on the bundled task (188 steps of 16 rows, fixed
+    seeds), the start of the GRPO and DPO tests. Call it after putting ``examples`` on the path."""
+    from synthetic_tasks import make_dataset
+
+    from rwkvtune import AutoModel
+    from rwkvtune.config import RWKV7Config
+    from rwkvtune.tokenizer import WorldTokenizer
+    from rwkvtune.training import SFTConfig, SFTTrainer
+
+    torch.manual_seed(0)
+    tokenizer = WorldTokenizer.default()
+    model = AutoModel.from_config(RWKV7Config(n_layer=2, n_embd=128), ctx_len=64)
+    sft = SFTConfig(output_dir=str(output_dir), ctx_len=64, micro_bsz=16, epoch_count=1, lr_init=5e-3,
+                    lr_final=1e-4, warmup_steps=10, grad_cp=0, precision="fp32", epoch_save=0, seed=0)
+    SFTTrainer(model, sft, train_dataset=make_dataset(3000), processing_class=tokenizer).train()
+    return model, tokenizer
+
+
 @pytest.mark.slow
 def test_grpo_raises_the_bundled_tasks_reward(tmp_path, monkeypatch):
     """The bundled task end to end, in small: a short SFT of a new L2-C128, then 40 GRPO steps with LoRA
@@ -94,20 +113,12 @@ def test_grpo_raises_the_bundled_tasks_reward(tmp_path, monkeypatch):
     prompts a step stayed flat."""
     monkeypatch.syspath_prepend(str(EXAMPLES))
     from eval_task import expected_exact_reward
-    from synthetic_tasks import exact_answer, make_dataset, make_prompts
+    from synthetic_tasks import exact_answer, make_prompts
 
-    from rwkvtune import AutoModel
-    from rwkvtune.config import RWKV7Config
     from rwkvtune.peft import LoraConfig, load_adapter
-    from rwkvtune.tokenizer import WorldTokenizer
-    from rwkvtune.training import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
+    from rwkvtune.training import GRPOConfig, GRPOTrainer
 
-    torch.manual_seed(0)
-    tokenizer = WorldTokenizer.default()
-    model = AutoModel.from_config(RWKV7Config(n_layer=2, n_embd=128), ctx_len=64)
-    sft = SFTConfig(output_dir=str(tmp_path / "sft"), ctx_len=64, micro_bsz=16, epoch_count=1, lr_init=5e-3,
-                    lr_final=1e-4, warmup_steps=10, grad_cp=0, precision="fp32", epoch_save=0, seed=0)
-    SFTTrainer(model, sft, train_dataset=make_dataset(3000), processing_class=tokenizer).train()
+    model, tokenizer = sft_on_the_bundled_task(tmp_path / "sft")
     held_out = make_prompts(64, seed=999)
     before = expected_exact_reward(model, tokenizer, held_out)
     assert 0.3 < before < 0.8  # the SFT model answers part of the task: GRPO has a signal and room to rise
@@ -160,19 +171,12 @@ def test_dpo_raises_the_bundled_tasks_held_out_accuracy(tmp_path, monkeypatch):
     widened the margins but lowered both (0.235, 0.594); the NLL alone (loss_type "sft") did as well (0.707, 0.792)."""
     monkeypatch.syspath_prepend(str(EXAMPLES))
     from eval_task import expected_exact_reward, greedy_accuracy
-    from synthetic_tasks import make_dataset, make_preferences, make_prompts
+    from synthetic_tasks import make_preferences, make_prompts
 
     from rwkvtune import AutoModel
-    from rwkvtune.config import RWKV7Config
-    from rwkvtune.tokenizer import WorldTokenizer
-    from rwkvtune.training import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+    from rwkvtune.training import DPOConfig, DPOTrainer
 
-    torch.manual_seed(0)
-    tokenizer = WorldTokenizer.default()
-    model = AutoModel.from_config(RWKV7Config(n_layer=2, n_embd=128), ctx_len=64)
-    sft = SFTConfig(output_dir=str(tmp_path / "sft"), ctx_len=64, micro_bsz=16, epoch_count=1, lr_init=5e-3,
-                    lr_final=1e-4, warmup_steps=10, grad_cp=0, precision="fp32", epoch_save=0, seed=0)
-    SFTTrainer(model, sft, train_dataset=make_dataset(3000), processing_class=tokenizer).train()
+    model, tokenizer = sft_on_the_bundled_task(tmp_path / "sft")
     held_out = make_prompts(192, seed=999)
     before = expected_exact_reward(model, tokenizer, held_out), greedy_accuracy(model, tokenizer, held_out)
     assert 0.3 < before[0] < 0.8  # the SFT model answers part of the task: room to rise

@@ -14,8 +14,9 @@ micro-batches and DDP averages over processes, as TRL's gradient accumulation do
 from __future__ import annotations
 
 import copy
-import logging
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ from torch import nn
 
 from rwkvtune.config.dpo import DPOConfig
 from rwkvtune.data.preferences import PreferencePair, prepare_preferences
-from rwkvtune.dpo import DPOLossSettings, dpo_loss
+from rwkvtune.dpo import DPOLossSettings, DPOTerms, dpo_loss
 from rwkvtune.engine.checkpoint import TrainProgress
 from rwkvtune.engine.loop import Workload, plan_windows
 from rwkvtune.engine.steps import Backprop, with_gradient_path
@@ -32,8 +33,6 @@ from rwkvtune.model import RWKV7, base_model_of
 from rwkvtune.model.continuations import score_continuations
 from rwkvtune.tokenizer import WorldTokenizer
 from rwkvtune.training.base import BaseTrainer, frozen_for_reference
-
-logger = logging.getLogger(__name__)
 
 
 class DPOTrainer(BaseTrainer):
@@ -167,13 +166,13 @@ class _Preferences:
         return loss.detach()
 
     def _loss(self, model, pairs: list[PreferencePair], reference: tuple[torch.Tensor, torch.Tensor] | None,
-              prompt_scope=None) -> tuple[torch.Tensor, Any, tuple[float, float]]:
+              prompt_scope: Callable[[], AbstractContextManager[None]] = nullcontext,
+              ) -> tuple[torch.Tensor, DPOTerms, tuple[float, float]]:
         """The DPO loss of ``pairs`` under ``model``, its logged terms and ``(entropy sum, answer tokens)``."""
         ids, mask = _answers(pairs, self.fabric.device)
-        kwargs = {} if prompt_scope is None else {"prompt_scope": prompt_scope}
         with self.fabric.autocast():  # a marked method on one device does not go through Fabric's autocast
             logps, entropies = score_continuations(model, [p.prompt_ids for p in pairs], ids, mask, per_prompt=2,
-                                                   **kwargs)
+                                                   prompt_scope=prompt_scope)
         ref_chosen, ref_rejected = reference if reference is not None else (None, None)
         loss, terms = dpo_loss(logps[0::2], mask[0::2], logps[1::2], mask[1::2], ref_chosen, ref_rejected,
                                self.settings)
@@ -242,7 +241,7 @@ class _Preferences:
         self.model.train(was_training)
         return total / max(len(pairs), 1)
 
-    def _record(self, terms, entropy: tuple[float, float]) -> None:
+    def _record(self, terms: DPOTerms, entropy: tuple[float, float]) -> None:
         """Add a micro-batch's per-pair values (TRL's metric names) to the sums since the last log."""
         values = {"rewards/chosen": terms.chosen_rewards, "rewards/rejected": terms.rejected_rewards,
                   "rewards/accuracies": terms.accuracies, "rewards/margins": terms.margins,
