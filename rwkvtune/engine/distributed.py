@@ -93,6 +93,14 @@ def lost_process_errors(fabric, output_dir: Path, progress: TrainProgress, timeo
             f"the failure: {last}") from err
 
 
+def gather_rows(fabric, local: torch.Tensor) -> torch.Tensor:
+    """``[n, ...]`` on every process (the same ``n``) -> ``[world * n, ...]`` in rank order, on the CPU."""
+    if fabric.world_size == 1:
+        return local
+    gathered = fabric.all_gather(local.to(fabric.device))
+    return gathered.reshape(-1, *local.shape[1:]).cpu()
+
+
 def _communication_failed(err: RuntimeError) -> bool:
     """Whether ``err`` comes from the process group (torch's distributed errors; gloo raises plain
     ``RuntimeError`` naming itself, e.g. "[gloo/transport/tcp/pair.cc] Connection reset by peer")."""

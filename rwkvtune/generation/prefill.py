@@ -1,6 +1,6 @@
 """Prefill prompts of different lengths through the parallel forward, with no padding in any state.
 
-RWKV has no attention mask: every token that enters a row changes its state (spec pitfall 12), so a
+RWKV has no attention mask: every token that enters a row changes its state, padding included, so a
 padded batch would corrupt the shorter prompts. The prompts are read in the length-sorted rounds of
 ``model.continuations.read_prompts`` (the same rounds as the trainers' prompt-once scoring): every row sees
 exactly its own tokens, and the number of forward calls per batch is at most the number of distinct

@@ -5,7 +5,7 @@ as ``G`` sequences, each reading the prompt again. An RNN reads the prompt once:
 prompt is the whole context, so every answer starts from a copy of it, and autograd carries the answers'
 gradients back through the copies into the one prompt pass.
 
-Prompts of different lengths are read together without padding, which an RNN cannot mask (spec pitfall 12):
+Prompts of different lengths are read together without padding (every token, a pad too, enters an RNN's state):
 sorted by length, all rows that still have tokens advance together by ``min(chunk, shortest remaining)``
 tokens, and a row whose prompt is done leaves the batch with its state (:func:`read_prompts`). Generation's
 prefill uses the same rounds.

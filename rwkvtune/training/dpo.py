@@ -14,6 +14,7 @@ micro-batches and DDP averages over processes, as TRL's gradient accumulation do
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -26,6 +27,7 @@ from rwkvtune.config.dpo import DPOConfig
 from rwkvtune.data.preferences import PreferencePair, prepare_preferences
 from rwkvtune.dpo import DPOLossSettings, DPOTerms, dpo_loss
 from rwkvtune.engine.checkpoint import TrainProgress
+from rwkvtune.engine.distributed import gather_rows
 from rwkvtune.engine.loop import Workload, plan_windows
 from rwkvtune.engine.steps import Backprop, with_gradient_path
 from rwkvtune.hub import AutoModel
@@ -131,10 +133,8 @@ class _Preferences:
                  reference: nn.Module | None, adapter_policy: nn.Module | None):
         self.config, self.pairs, self.fabric, self.model = config, pairs, fabric, model
         self.reference, self.adapter_policy = reference, adapter_policy
-        self.settings = DPOLossSettings(beta=config.beta, loss_type=config.loss_types,
-                                        loss_weights=None if config.loss_weights is None else tuple(config.loss_weights),
-                                        label_smoothing=config.label_smoothing, discopop_tau=config.discopop_tau,
-                                        rpo_alpha=config.rpo_alpha, reference_free=config.reference_free)
+        # every loss knob is the config field of the same name
+        self.settings = DPOLossSettings(**{f.name: getattr(config, f.name) for f in dataclasses.fields(DPOLossSettings)})
         self.precomputed: dict[str, torch.Tensor] = {}
         self._sums: dict[str, float] = {}
         self._counts: dict[str, float] = {}
@@ -221,8 +221,7 @@ class _Preferences:
             chunk = mine[start:start + self.config.micro_bsz]
             chosen, rejected = self._score_reference([pairs[i] for i in chunk])
             local[start:start + len(chunk)] = torch.stack([chosen, rejected], dim=1)
-        gathered = local if world == 1 else self.fabric.all_gather(local).reshape(-1, 2)
-        return gathered[:len(pairs)].cpu()
+        return gather_rows(self.fabric, local)[:len(pairs)].cpu()
 
     # ---- evaluation and metrics ---------------------------------------------------------------------------
 

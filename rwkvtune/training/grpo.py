@@ -37,13 +37,14 @@ from rwkvtune.config.grpo import GRPOConfig
 from rwkvtune.data.prompts import PromptRow, prepare_prompts
 from rwkvtune.engine.checkpoint import TrainProgress
 from rwkvtune.engine.data_order import epoch_micro_batches
+from rwkvtune.engine.distributed import gather_rows
 from rwkvtune.engine.loop import Workload
 from rwkvtune.engine.steps import Backprop, with_gradient_path
 from rwkvtune.grpo import GRPOLossSettings, grpo_loss
 from rwkvtune.grpo.records import append_records, rollout_records
 from rwkvtune.grpo.rewards import RewardFunc, RewardState, reward_names
 from rwkvtune.grpo.rollout import Rollout
-from rwkvtune.grpo.rollout_buffer import ROLLOUT_BUFFER_FILE, RolloutBuffer, load_saved_rollout
+from rwkvtune.grpo.rollout_buffer import RolloutBuffer, load_saved_rollout
 from rwkvtune.grpo.rollout_logprobs import RolloutScorer
 from rwkvtune.grpo.sampling import PostprocessFn, RolloutSampler
 from rwkvtune.model import base_model_of
@@ -51,8 +52,6 @@ from rwkvtune.model.continuations import score_continuations
 from rwkvtune.tokenizer import WorldTokenizer
 from rwkvtune.training.base import BaseTrainer
 
-# ROLLOUT_BUFFER_FILE and PostprocessFn: re-exported from where they live now (rwkvtune.grpo)
-__all__ = ["ROLLOUT_BUFFER_FILE", "GRPOTrainer", "PostprocessFn", "loss_settings", "plan_rollout_windows"]
 
 
 class GRPOTrainer(BaseTrainer):
@@ -119,7 +118,7 @@ class GRPOTrainer(BaseTrainer):
         model.mark_forward_method("score")  # scoring runs through Fabric's wrapper (autocast, DDP)
         sampler = RolloutSampler(self.model, self.tokenizer, c, self.reward_funcs, self.reward_names,
                                  postprocess=self.completion_postprocess_fn,
-                                 gather=functools.partial(_gather_rows, fabric), rank=fabric.global_rank,
+                                 gather=functools.partial(gather_rows, fabric), rank=fabric.global_rank,
                                  world_size=fabric.world_size)
         # the old and reference passes run in forwards of logprob_batch_size rows, else of one micro-batch
         scorer = RolloutScorer(model, num_generations=g, temperature=c.temperature,
@@ -318,14 +317,6 @@ class _GRPOWorkload:
 
 
 # ---- collectives (every process calls them at the same points) -------------------------------------------
-
-def _gather_rows(fabric, local: torch.Tensor) -> torch.Tensor:
-    """``[n, ...]`` on every process -> ``[world * n, ...]`` in rank order, on the CPU."""
-    if fabric.world_size == 1:
-        return local
-    gathered = fabric.all_gather(local.to(fabric.device))
-    return gathered.reshape(-1, *local.shape[1:]).cpu()
-
 
 def _gather_ragged(fabric, local: torch.Tensor) -> torch.Tensor:
     """``[n]`` values of different ``n`` on each process -> all of them (on every process)."""
